@@ -1,0 +1,1 @@
+//! The settings `flakeforge serve` runs with, parsed and checked.

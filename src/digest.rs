@@ -1,0 +1,186 @@
+//! Content digests: the `Digest` newtype, validated where it enters, and a
+//! writer that hashes and counts what passes through it.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+
+/// A `sha256:<64 lowercase hex>` digest, the only algorithm flakeforge produces.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    hex: String,
+}
+
+/// Why a string is not a digest flakeforge can serve.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DigestError {
+    /// Does not match the spec's digest grammar, or the encoding does not fit the algorithm.
+    #[error("invalid digest")]
+    Invalid,
+    /// Well formed, but an algorithm flakeforge never produces (so nothing can have it).
+    #[error("unsupported digest algorithm")]
+    Unsupported,
+}
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self::from_hash(Sha256::digest(bytes).into())
+    }
+
+    pub fn from_hash(hash: [u8; 32]) -> Self {
+        Digest { hex: hex(&hash) }
+    }
+
+    /// The 64 hex digits without the algorithm, as used in file names.
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+
+    /// Parses a bare hex string (e.g. a file name or a `checksum` file).
+    pub fn from_hex(hex: &str) -> Result<Self, DigestError> {
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(Digest { hex: hex.to_string() })
+        } else {
+            Err(DigestError::Invalid)
+        }
+    }
+}
+
+impl FromStr for Digest {
+    type Err = DigestError;
+
+    /// The grammar of the OCI image spec:
+    /// `algorithm ":" encoded`, `algorithm = component (separator component)*`,
+    /// `component = [a-z0-9]+`, `separator = [+._-]`, `encoded = [a-zA-Z0-9=_-]+`.
+    fn from_str(s: &str) -> Result<Self, DigestError> {
+        let (algorithm, encoded) = s.split_once(':').ok_or(DigestError::Invalid)?;
+        let algorithm_ok = !algorithm.is_empty()
+            && algorithm.split(['+', '.', '_', '-']).all(|c| {
+                !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
+        let encoded_ok = !encoded.is_empty()
+            && encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
+        if !algorithm_ok || !encoded_ok || s.len() > 255 {
+            return Err(DigestError::Invalid);
+        }
+        match algorithm {
+            "sha256" => Digest::from_hex(encoded),
+            "sha512" if encoded.len() == 128 && encoded.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) => {
+                Err(DigestError::Unsupported)
+            }
+            "sha512" => Err(DigestError::Invalid),
+            _ => Err(DigestError::Unsupported),
+        }
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex)
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
+/// Passes writes through to `inner` while hashing and counting them.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// The digest and size of everything written, and the inner writer.
+    pub fn finish(self) -> (Digest, u64, W) {
+        (Digest::from_hash(self.hasher.finalize().into()), self.written, self.inner)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sha256() {
+        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap();
+        assert_eq!(d, Digest::of(b""));
+        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "", "sha256", "sha256:", ":abc", "sha256:abc", "SHA256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+            "sha256:../../etc/passwd", "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85g",
+            "sha512:abc",
+        ] {
+            assert_eq!(bad.parse::<Digest>(), Err(DigestError::Invalid), "{bad}");
+        }
+    }
+
+    #[test]
+    fn other_algorithms_are_unsupported() {
+        assert_eq!("blake3:abcd".parse::<Digest>(), Err(DigestError::Unsupported));
+        assert_eq!(format!("sha512:{}", "a".repeat(128)).parse::<Digest>(), Err(DigestError::Unsupported));
+    }
+
+    #[test]
+    fn hashing_writer_counts() {
+        let mut w = HashingWriter::new(Vec::new());
+        w.write_all(b"abc").unwrap();
+        let (d, n, inner) = w.finish();
+        assert_eq!(n, 3);
+        assert_eq!(inner, b"abc");
+        assert_eq!(d.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

@@ -1,0 +1,19 @@
+//! flakeforge: a container registry that builds images from a Nix flake on demand.
+//!
+//! The layers, from the socket inwards:
+//! - [`http`]: a small HTTP/1.1 server on `httparse`, generic over the byte stream.
+//! - [`registry`]: the OCI Distribution API (pull side): routing, validation, errors.
+//! - [`service`]: turns an image name and tag into a stored manifest, building once.
+//! - [`nix`]: the `nix` subprocess driver: attribute lookup, builds, closures.
+//! - [`image`]: image assembly: layer tarballs, configs and manifests.
+//! - [`cache`]: what is kept on disk and in memory between requests and restarts.
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod digest;
+pub mod http;
+pub mod image;
+pub mod nix;
+pub mod registry;
+pub mod service;

@@ -1,0 +1,6 @@
+fn main() {
+    if let Err(err) = flakeforge::cli::run() {
+        eprintln!("flakeforge: {err}");
+        std::process::exit(1);
+    }
+}

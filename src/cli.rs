@@ -1,5 +1,156 @@
-//! The command line: `flakeforge serve` and its flags.
+//! The command line: `flakeforge serve` and its flags, turned into a
+//! [`Config`] and a running server.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::config::{self, Config};
+use crate::http::{self, ServerLimits};
+use crate::image::compress::Compression;
+use crate::registry::Registry;
+use crate::service::Service;
+
+/// flakeforge: a container registry that builds images from a Nix flake on demand.
+#[derive(FromArgs)]
+struct Cli {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Serve(ServeArgs),
+}
+
+/// Serve the flake's packages as container images (OCI Distribution API).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "serve")]
+struct ServeArgs {
+    /// flake reference to serve (default: ".")
+    #[argh(option, default = "String::from(\".\")")]
+    flake: String,
+    /// address to listen on, repeatable (default: 0.0.0.0:5000)
+    #[argh(option)]
+    listen: Vec<String>,
+    /// where blobs, manifests and GC roots live (default: $STATE_DIRECTORY, else $XDG_STATE_HOME/flakeforge)
+    #[argh(option)]
+    state_dir: Option<PathBuf>,
+    /// serve plain HTTP instead of HTTPS
+    #[argh(switch)]
+    no_tls: bool,
+    /// seconds a nix invocation may take before its process group is killed (default: 1800)
+    #[argh(option, default = "1800")]
+    build_timeout: u64,
+    /// nix builds that may run at once (default: 2)
+    #[argh(option, default = "2")]
+    max_builds: usize,
+    /// disk space for cached layer blobs, e.g. 500M or 10G (default: 10G)
+    #[argh(option, default = "String::from(\"10G\")")]
+    cache_size: String,
+    /// layer compression: none, gzip or zstd (default: gzip)
+    #[argh(option, default = "Compression::Gzip")]
+    compression: Compression,
+    /// the nix program to run (default: nix from PATH)
+    #[argh(option, default = "PathBuf::from(\"nix\")")]
+    nix: PathBuf,
+    /// most layers of an image built from a plain package (default: 100)
+    #[argh(option, default = "100")]
+    max_layers: usize,
+    /// seconds a resolved moving tag (latest, a branch) is reused before it is resolved again (default: 60)
+    #[argh(option, default = "60")]
+    tag_ttl: u64,
+    /// the most open connections; more get a 503 and are closed (default: 512)
+    #[argh(option, default = "512")]
+    max_connections: usize,
+    /// the largest request head in bytes (default: 16384)
+    #[argh(option, default = "16384")]
+    max_header_bytes: usize,
+    /// seconds a client has to send a whole request head (default: 10)
+    #[argh(option, default = "10")]
+    head_timeout: u64,
+    /// seconds an idle keep-alive connection stays open (default: 60)
+    #[argh(option, default = "60")]
+    keepalive_timeout: u64,
+}
 
 pub fn run() -> Result<(), Box<dyn std::error::Error>> {
-    todo!()
+    let cli: Cli = argh::from_env();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let config = config_from(args)?;
+    if config.tls {
+        return Err("TLS is not built in yet: pass --no-tls to serve plain HTTP".into());
+    }
+    let listeners = config
+        .listen
+        .iter()
+        .map(|addr| TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let limits = config.limits.clone();
+    log::info!(
+        "serving {} for {} on {} (state in {}, compression {})",
+        config.flake,
+        config.system,
+        config.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        config.state_dir.display(),
+        config.compression
+    );
+    let service = Service::open(config).map_err(|e| format!("cannot open the state directory: {e}"))?;
+    let registry = Arc::new(Registry::new(Arc::new(service)));
+    http::serve(listeners, limits, registry)?;
+    Ok(())
+}
+
+fn config_from(args: ServeArgs) -> Result<Config, String> {
+    let listen_args = if args.listen.is_empty() { vec!["0.0.0.0:5000".to_string()] } else { args.listen };
+    let mut listen = Vec::new();
+    for text in &listen_args {
+        let addrs: Vec<SocketAddr> = text
+            .to_socket_addrs()
+            .map_err(|e| format!("invalid --listen {text:?}: {e} (expected e.g. 0.0.0.0:5000 or [::1]:5000)"))?
+            .collect();
+        listen.extend(addrs.into_iter().take(1));
+    }
+    let state_dir = args
+        .state_dir
+        .or_else(config::default_state_dir)
+        .ok_or("no state directory: pass --state-dir, or set STATE_DIRECTORY or XDG_STATE_HOME")?;
+    let positive = |value: u64, flag: &str| {
+        if value == 0 {
+            Err(format!("{flag} must be at least 1"))
+        } else {
+            Ok(value)
+        }
+    };
+    Ok(Config {
+        flake: config::normalize_flake(&args.flake)?,
+        listen,
+        state_dir,
+        tls: !args.no_tls,
+        build_timeout: Duration::from_secs(positive(args.build_timeout, "--build-timeout")?),
+        max_builds: positive(args.max_builds as u64, "--max-builds")? as usize,
+        cache_size: config::parse_size(&args.cache_size).map_err(|e| format!("--cache-size: {e}"))?,
+        compression: args.compression,
+        nix: args.nix,
+        max_layers: positive(args.max_layers as u64, "--max-layers")? as usize,
+        tag_ttl: Duration::from_secs(args.tag_ttl),
+        system: config::host_system(),
+        limits: ServerLimits {
+            max_header_bytes: positive(args.max_header_bytes as u64, "--max-header-bytes")? as usize,
+            max_connections: positive(args.max_connections as u64, "--max-connections")? as usize,
+            head_timeout: Duration::from_secs(positive(args.head_timeout, "--head-timeout")?),
+            keepalive_timeout: Duration::from_secs(positive(args.keepalive_timeout, "--keepalive-timeout")?),
+            ..ServerLimits::default()
+        },
+    })
 }

@@ -1,1 +1,184 @@
-//! TODO
+//! Image configs and manifests, serialized deterministically: the same
+//! layers and settings give the same bytes, so the same digests, after a restart.
+
+use serde::Serialize;
+
+use super::compress::Compression;
+use super::layer::LayerRecord;
+use crate::digest::Digest;
+use crate::registry::negotiate::{ManifestFormat, DOCKER_MANIFEST, OCI_MANIFEST};
+
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+
+/// An OCI platform: what a Nix system is called in image configs and indexes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The OCI platform of a Nix system (`x86_64-linux` → `linux/amd64`), if it has one.
+    pub fn of_nix_system(system: &str) -> Option<Platform> {
+        let (cpu, os) = system.split_once('-')?;
+        if os != "linux" {
+            return None;
+        }
+        let (architecture, variant) = match cpu {
+            "x86_64" => ("amd64", None),
+            "i686" => ("386", None),
+            "aarch64" => ("arm64", Some("v8")),
+            "armv7l" => ("arm", Some("v7")),
+            "armv6l" => ("arm", Some("v6")),
+            "armv5tel" => ("arm", Some("v5")),
+            "riscv64" => ("riscv64", None),
+            "powerpc64le" => ("ppc64le", None),
+            "s390x" => ("s390x", None),
+            "mips64el" => ("mips64le", None),
+            "loongarch64" => ("loong64", None),
+            _ => return None,
+        };
+        Some(Platform { architecture: architecture.into(), os: "linux".into(), variant: variant.map(Into::into) })
+    }
+}
+
+/// The parts of an image config that are not the layers.
+#[derive(Debug, Clone)]
+pub struct ImageConfig {
+    pub platform: Platform,
+    pub created: String,
+    pub config: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct ConfigDocument<'a> {
+    architecture: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<&'a str>,
+    os: &'a str,
+    created: &'a str,
+    config: &'a serde_json::Value,
+    rootfs: RootFs,
+    history: Vec<History<'a>>,
+}
+
+#[derive(Serialize)]
+struct RootFs {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    diff_ids: Vec<Digest>,
+}
+
+#[derive(Serialize)]
+struct History<'a> {
+    created: &'a str,
+    comment: String,
+}
+
+/// The image config JSON for these layers.
+pub fn config_json(image: &ImageConfig, layers: &[LayerRecord]) -> Vec<u8> {
+    let document = ConfigDocument {
+        architecture: &image.platform.architecture,
+        variant: image.platform.variant.as_deref(),
+        os: &image.platform.os,
+        created: &image.created,
+        config: &image.config,
+        rootfs: RootFs { kind: "layers", diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect() },
+        history: layers.iter().map(|l| History { created: &image.created, comment: l.source.describe() }).collect(),
+    };
+    serde_json::to_vec(&document).expect("image configs serialize")
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor<'a> {
+    media_type: &'a str,
+    digest: &'a Digest,
+    size: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestDocument<'a> {
+    schema_version: u32,
+    media_type: &'a str,
+    config: Descriptor<'a>,
+    layers: Vec<Descriptor<'a>>,
+}
+
+/// The image manifest in the given form, for a config blob and its layers.
+pub fn manifest_json(format: ManifestFormat, config: &[u8], layers: &[LayerRecord]) -> Vec<u8> {
+    let config_digest = Digest::of(config);
+    let (media_type, config_type, layer_type): (_, _, fn(Compression) -> &'static str) = match format {
+        ManifestFormat::Oci => (OCI_MANIFEST, OCI_CONFIG, Compression::oci_layer_media_type),
+        ManifestFormat::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG, Compression::docker_layer_media_type),
+    };
+    let document = ManifestDocument {
+        schema_version: 2,
+        media_type,
+        config: Descriptor { media_type: config_type, digest: &config_digest, size: config.len() as u64 },
+        layers: layers
+            .iter()
+            .map(|l| Descriptor { media_type: layer_type(l.compression), digest: &l.digest, size: l.size })
+            .collect(),
+    };
+    serde_json::to_vec(&document).expect("manifests serialize")
+}
+
+/// The media type a stored manifest declares (both forms carry `mediaType`).
+pub fn media_type_of(manifest: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+    value.get("mediaType")?.as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::layer::LayerSource;
+
+    fn layer(n: u8) -> LayerRecord {
+        LayerRecord {
+            source: LayerSource::TarFile { path: format!("/nix/store/x{n}/layer.tar").into() },
+            compression: Compression::Gzip,
+            diff_id: Digest::of(&[n]),
+            digest: Digest::of(&[n, n]),
+            size: 100 + n as u64,
+        }
+    }
+
+    #[test]
+    fn platforms() {
+        assert_eq!(Platform::of_nix_system("x86_64-linux").unwrap().architecture, "amd64");
+        let arm = Platform::of_nix_system("aarch64-linux").unwrap();
+        assert_eq!((arm.architecture.as_str(), arm.variant.as_deref()), ("arm64", Some("v8")));
+        assert!(Platform::of_nix_system("x86_64-darwin").is_none());
+    }
+
+    #[test]
+    fn manifests_are_deterministic_and_typed() {
+        let image = ImageConfig {
+            platform: Platform::of_nix_system("x86_64-linux").unwrap(),
+            created: "1970-01-01T00:00:01Z".into(),
+            config: serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/hello"]}),
+        };
+        let layers = [layer(1), layer(2)];
+        let config = config_json(&image, &layers);
+        assert_eq!(config, config_json(&image, &layers));
+        let parsed: serde_json::Value = serde_json::from_slice(&config).unwrap();
+        assert_eq!(parsed["rootfs"]["diff_ids"][1], Digest::of(&[2]).to_string());
+        assert_eq!(parsed["architecture"], "amd64");
+
+        let oci = manifest_json(ManifestFormat::Oci, &config, &layers);
+        let docker = manifest_json(ManifestFormat::Docker, &config, &layers);
+        assert_eq!(media_type_of(&oci).as_deref(), Some(OCI_MANIFEST));
+        assert_eq!(media_type_of(&docker).as_deref(), Some(DOCKER_MANIFEST));
+        let parsed: serde_json::Value = serde_json::from_slice(&docker).unwrap();
+        assert_eq!(parsed["config"]["digest"], Digest::of(&config).to_string());
+        assert_eq!(parsed["config"]["mediaType"], DOCKER_CONFIG);
+        assert_eq!(parsed["layers"][0]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
+        assert_eq!(parsed["layers"][1]["size"], 102);
+    }
+}

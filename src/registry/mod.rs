@@ -1,1 +1,11 @@
-//! TODO
+//! The OCI Distribution API, pull side (Docker Registry V2 compatible):
+//! names and references, routing, content negotiation, errors, handlers.
+
+pub mod api;
+pub mod error;
+pub mod negotiate;
+pub mod reference;
+pub mod routes;
+
+pub use api::Registry;
+pub use error::{ErrorCode, RegistryError};

@@ -1,0 +1,274 @@
+//! The registry's request handler: every endpoint of the pull API, with
+//! each value validated before use and every failure rendered as the spec's
+//! JSON error through [`RegistryError`].
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::error::{ErrorCode, RegistryError};
+use super::negotiate::{self, OCI_INDEX};
+use super::reference::{RepoName, Tag};
+use super::routes::{route, Route};
+use crate::digest::{Digest, DigestError};
+use crate::http::{Handler, Request, Response, StreamBody};
+use crate::image::manifest::media_type_of;
+use crate::service::{BlobSource, Service, ServiceError};
+
+pub struct Registry {
+    service: Arc<Service>,
+}
+
+impl Registry {
+    pub fn new(service: Arc<Service>) -> Self {
+        Registry { service }
+    }
+
+    fn dispatch(&self, request: &Request) -> Result<Response, RegistryError> {
+        let route = route(&request.path);
+        if request.method != "GET" && request.method != "HEAD" {
+            let what = if route == Route::NotFound { "no such endpoint" } else { "this registry is read-only" };
+            return Err(RegistryError::new(ErrorCode::Unsupported, format!("{} is not supported: {what}", request.method)));
+        }
+        match route {
+            Route::Base => Ok(json_response(b"{}".to_vec())),
+            Route::Catalog => {
+                let (names, link) = paginate(self.service.catalog(), request)?;
+                Ok(with_link(json_response(serde_json::to_vec(&json!({ "repositories": names })).unwrap()), link))
+            }
+            Route::Tags { name } => {
+                let name = parse_name(name)?;
+                let tags = self.service.tags(&name).map_err(|e| service_error(e, &name, None))?;
+                let (tags, link) = paginate(tags, request)?;
+                let body = json!({ "name": name.as_str(), "tags": tags });
+                Ok(with_link(json_response(serde_json::to_vec(&body).unwrap()), link))
+            }
+            Route::Manifest { name, reference } => self.manifest(request, parse_name(name)?, reference),
+            Route::Blob { name, digest } => {
+                parse_name(name)?;
+                self.blob(request, parse_digest(digest, ErrorCode::BlobUnknown)?)
+            }
+            Route::Referrers { name, digest } => {
+                parse_name(name)?;
+                parse_digest(digest, ErrorCode::ManifestUnknown)?;
+                let index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] });
+                Ok(Response::new(200).header("Content-Type", OCI_INDEX).bytes(serde_json::to_vec(&index).unwrap()))
+            }
+            Route::Upload { .. } => Err(RegistryError::new(ErrorCode::Unsupported, "this registry is read-only")),
+            Route::NotFound => Err(RegistryError::new(ErrorCode::Unsupported, "no such endpoint").with_status(404)),
+        }
+    }
+
+    fn manifest(&self, request: &Request, name: RepoName, reference: &str) -> Result<Response, RegistryError> {
+        let digest = if reference.contains(':') {
+            parse_digest(reference, ErrorCode::ManifestUnknown)?
+        } else {
+            let tag = Tag::parse(reference).ok_or_else(|| {
+                RegistryError::new(ErrorCode::ManifestInvalid, "invalid tag: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+            })?;
+            let resolved = self.service.resolve(&name, &tag).map_err(|e| service_error(e, &name, Some(&tag)))?;
+            resolved.manifests[&negotiate::manifest_format(request)].clone()
+        };
+        let manifest = self.service.manifest(&digest).ok_or_else(|| {
+            RegistryError::new(ErrorCode::ManifestUnknown, format!("manifest {digest} is not known here"))
+        })?;
+        let media_type = media_type_of(&manifest).unwrap_or_else(|| negotiate::OCI_MANIFEST.to_string());
+        Ok(Response::new(200)
+            .header("Content-Type", media_type)
+            .header("Docker-Content-Digest", digest.to_string())
+            .header("ETag", format!("\"{digest}\""))
+            .bytes(manifest))
+    }
+
+    fn blob(&self, request: &Request, digest: Digest) -> Result<Response, RegistryError> {
+        let source = self
+            .service
+            .blob(&digest)
+            .ok_or_else(|| RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not known here")))?;
+        let size = source.size();
+        let mut response = Response::new(200)
+            .header("Content-Type", "application/octet-stream")
+            .header("Docker-Content-Digest", digest.to_string())
+            .header("ETag", format!("\"{digest}\""))
+            .header("Accept-Ranges", "bytes");
+        let (start, end) = match request.header("Range").map(|r| parse_range(r, size)) {
+            None | Some(RangeRequest::Ignored) => (0, size),
+            Some(RangeRequest::Satisfiable(start, end)) => {
+                response.status = 206;
+                response = response.header("Content-Range", format!("bytes {start}-{}/{size}", end - 1));
+                (start, end)
+            }
+            Some(RangeRequest::Unsatisfiable) => {
+                let error = RegistryError::new(ErrorCode::BlobUnknown, "requested range not satisfiable")
+                    .with_status(416)
+                    .with_detail(json!({ "size": size }));
+                return Ok(error.into_response().header("Content-Range", format!("bytes */{size}")));
+            }
+        };
+        let body = BlobBody { service: self.service.clone(), source, start, end };
+        Ok(response.stream(Some(end - start), Box::new(body)))
+    }
+}
+
+impl Handler for Registry {
+    fn handle(&self, request: &Request) -> Response {
+        let response = self.dispatch(request).unwrap_or_else(RegistryError::into_response);
+        if response.headers.iter().any(|(n, _)| n == "Docker-Distribution-API-Version") {
+            response
+        } else {
+            response.header("Docker-Distribution-API-Version", "registry/2.0")
+        }
+    }
+
+    fn overloaded(&self) -> Response {
+        RegistryError::new(ErrorCode::TooManyRequests, "too many open connections; try again later")
+            .with_status(503)
+            .into_response()
+    }
+
+    fn bad_request(&self, status: u16, message: &str) -> Response {
+        let code = if status >= 500 { ErrorCode::Unknown } else { ErrorCode::Unsupported };
+        RegistryError::new(code, message).with_status(status).into_response()
+    }
+}
+
+/// The one mapping from the engine's errors to the client's.
+fn service_error(err: ServiceError, name: &RepoName, tag: Option<&Tag>) -> RegistryError {
+    let image = match tag {
+        Some(tag) => format!("{name}:{tag}"),
+        None => name.to_string(),
+    };
+    match err {
+        ServiceError::NameUnknown(message) => {
+            RegistryError::new(ErrorCode::NameUnknown, format!("{image}: {message}"))
+        }
+        ServiceError::TagUnknown(message) => {
+            RegistryError::new(ErrorCode::ManifestUnknown, format!("{image}: {message}"))
+        }
+        ServiceError::Build { message, log_tail } => {
+            let text = if log_tail.is_empty() {
+                format!("building {image} failed: {message}")
+            } else {
+                format!("building {image} failed: {message}:\n{log_tail}")
+            };
+            RegistryError::new(ErrorCode::ManifestUnknown, text).with_detail(json!({ "log": log_tail }))
+        }
+        ServiceError::TooManyBuilds => RegistryError::new(ErrorCode::TooManyRequests, err.to_string()),
+        ServiceError::Internal(_) => RegistryError::new(ErrorCode::Unknown, err.to_string()),
+    }
+}
+
+fn parse_name(name: &str) -> Result<RepoName, RegistryError> {
+    RepoName::parse(name).ok_or_else(|| {
+        RegistryError::new(
+            ErrorCode::NameInvalid,
+            "invalid repository name: lowercase letters and digits separated by '.', '_', '__', '-' or '/'",
+        )
+    })
+}
+
+/// A malformed digest is DIGEST_INVALID; a well-formed one of another algorithm is simply unknown here.
+fn parse_digest(digest: &str, unknown: ErrorCode) -> Result<Digest, RegistryError> {
+    digest.parse().map_err(|err| match err {
+        DigestError::Invalid => RegistryError::new(ErrorCode::DigestInvalid, "invalid digest: expected sha256:<64 hex digits>"),
+        DigestError::Unsupported => RegistryError::new(unknown, "only sha256 digests are served here"),
+    })
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    Response::new(200).header("Content-Type", "application/json").bytes(body)
+}
+
+fn with_link(response: Response, link: Option<String>) -> Response {
+    match link {
+        Some(link) => response.header("Link", link),
+        None => response,
+    }
+}
+
+/// `n` and `last` pagination over a sorted list, with the `Link` to the next page.
+fn paginate(items: Vec<String>, request: &Request) -> Result<(Vec<String>, Option<String>), RegistryError> {
+    let n = match request.query_param("n") {
+        Some(n) => Some(n.parse::<usize>().map_err(|_| {
+            RegistryError::new(ErrorCode::PaginationNumberInvalid, "n must be a non-negative integer")
+        })?),
+        None => None,
+    };
+    let last = request.query_param("last");
+    let rest: Vec<String> = items.into_iter().filter(|item| last.as_ref().is_none_or(|l| item > l)).collect();
+    let Some(n) = n else { return Ok((rest, None)) };
+    let more = rest.len() > n;
+    let page: Vec<String> = rest.into_iter().take(n).collect();
+    let link = match page.last() {
+        Some(last) if more => Some(format!("<{}?n={n}&last={last}>; rel=\"next\"", request.path)),
+        _ => None,
+    };
+    Ok((page, link))
+}
+
+enum RangeRequest {
+    Satisfiable(u64, u64),
+    Unsatisfiable,
+    /// Not a single byte range: the whole blob is sent, as RFC 9110 allows.
+    Ignored,
+}
+
+/// A single `bytes=` range, as `start..end` (end exclusive).
+fn parse_range(header: &str, size: u64) -> RangeRequest {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else { return RangeRequest::Ignored };
+    if spec.contains(',') {
+        return RangeRequest::Ignored;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else { return RangeRequest::Ignored };
+    let number = |s: &str| s.trim().parse::<u64>().ok();
+    match (first.trim().is_empty(), number(first), number(last)) {
+        (true, _, Some(0)) => RangeRequest::Unsatisfiable,
+        (true, _, Some(suffix)) if size > 0 => RangeRequest::Satisfiable(size.saturating_sub(suffix), size),
+        (true, _, Some(_)) => RangeRequest::Unsatisfiable,
+        (false, Some(start), _) if start >= size => RangeRequest::Unsatisfiable,
+        (false, Some(start), None) if last.trim().is_empty() => RangeRequest::Satisfiable(start, size),
+        (false, Some(start), Some(end)) if end >= start => RangeRequest::Satisfiable(start, end.min(size - 1) + 1),
+        _ => RangeRequest::Ignored,
+    }
+}
+
+struct BlobBody {
+    service: Arc<Service>,
+    source: BlobSource,
+    start: u64,
+    end: u64,
+}
+
+impl StreamBody for BlobBody {
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> io::Result<()> {
+        self.service.write_blob(self.source, self.start, self.end, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(header: &str, size: u64) -> Option<(u64, u64)> {
+        match parse_range(header, size) {
+            RangeRequest::Satisfiable(a, b) => Some((a, b)),
+            RangeRequest::Unsatisfiable => Some((u64::MAX, u64::MAX)),
+            RangeRequest::Ignored => None,
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(range("bytes=90-", 100), Some((90, 100)));
+        assert_eq!(range("bytes=-10", 100), Some((90, 100)));
+        assert_eq!(range("bytes=-200", 100), Some((0, 100)));
+        assert_eq!(range("bytes=50-500", 100), Some((50, 100)));
+        assert_eq!(range("bytes=100-", 100), Some((u64::MAX, u64::MAX)));
+        assert_eq!(range("bytes=-0", 100), Some((u64::MAX, u64::MAX)));
+        assert_eq!(range("bytes=0-1,5-6", 100), None);
+        assert_eq!(range("items=0-1", 100), None);
+        assert_eq!(range("bytes=9-3", 100), None);
+    }
+}

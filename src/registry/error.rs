@@ -1,0 +1,119 @@
+//! The spec's error codes as one enum, and the one mapping from an error to
+//! an HTTP status and the `{"errors":[{"code","message","detail"}]}` body.
+
+use serde_json::json;
+
+use crate::http::Response;
+
+/// Error codes of the OCI Distribution Spec that a pull-only registry returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BlobUnknown,
+    DigestInvalid,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    PaginationNumberInvalid,
+    Unsupported,
+    TooManyRequests,
+    /// Not in the spec's table, but the code every registry uses for its own faults.
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::DigestInvalid => "DIGEST_INVALID",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NameUnknown => 404,
+            ErrorCode::DigestInvalid
+            | ErrorCode::ManifestInvalid
+            | ErrorCode::NameInvalid
+            | ErrorCode::PaginationNumberInvalid => 400,
+            ErrorCode::Unsupported => 405,
+            ErrorCode::TooManyRequests => 429,
+            ErrorCode::Unknown => 500,
+        }
+    }
+}
+
+/// An error on its way to a client. The message never holds server paths.
+#[derive(Debug, Clone)]
+pub struct RegistryError {
+    pub code: ErrorCode,
+    pub status: u16,
+    pub message: String,
+    pub detail: Option<serde_json::Value>,
+}
+
+impl RegistryError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RegistryError { code, status: code.status(), message: message.into(), detail: None }
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        let mut error = json!({ "code": self.code.as_str(), "message": self.message });
+        if let Some(detail) = &self.detail {
+            error["detail"] = detail.clone();
+        }
+        serde_json::to_vec(&json!({ "errors": [error] })).expect("JSON values serialize")
+    }
+
+    pub fn into_response(self) -> Response {
+        let mut response = Response::new(self.status)
+            .header("Content-Type", "application/json")
+            .header("Docker-Distribution-API-Version", "registry/2.0");
+        if self.code == ErrorCode::Unsupported {
+            response = response.header("Allow", "GET, HEAD");
+        }
+        if self.code == ErrorCode::TooManyRequests || self.status == 503 {
+            response = response.header("Retry-After", "1");
+        }
+        response.bytes(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_spec_body() {
+        let err = RegistryError::new(ErrorCode::NameInvalid, "bad name").with_detail(json!({"name": "A"}));
+        let body: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
+        assert_eq!(body, json!({"errors": [{"code": "NAME_INVALID", "message": "bad name", "detail": {"name": "A"}}]}));
+        assert_eq!(err.status, 400);
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(ErrorCode::Unsupported.status(), 405);
+        assert_eq!(ErrorCode::TooManyRequests.status(), 429);
+        assert_eq!(ErrorCode::BlobUnknown.status(), 404);
+        assert_eq!(ErrorCode::DigestInvalid.status(), 400);
+    }
+}

@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
+/// (name, tag) → (value, when it expires; never for revisions).
+type Entries<V> = LruCache<(String, String), (V, Option<Instant>)>;
+
 pub struct TagCache<V> {
-    entries: Mutex<LruCache<(String, String), (V, Option<Instant>)>>,
+    entries: Mutex<Entries<V>>,
     ttl: Duration,
 }
 

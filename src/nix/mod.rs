@@ -9,6 +9,8 @@ pub mod json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use command::Invocation;
+
 /// One store path of a closure, as `nix path-info --json` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathInfo {
@@ -52,20 +54,55 @@ pub struct Nix {
 
 impl Nix {
     /// `nix build --json --out-link OUT_LINK INSTALLABLE`: the output paths, `out` first.
+    ///
+    /// Each output built gets a symlink that is a GC root: `OUT_LINK` for
+    /// `out`, `OUT_LINK-<name>` for the others. Nix 2.8 builds only the
+    /// default output (the first listed), so for a derivation whose first
+    /// output is not `out` there is no `OUT_LINK` itself.
+    ///
+    /// As `nix build` always does, an installable's attribute path may first
+    /// be looked up under Nix's default prefixes (`packages.<this system>.`,
+    /// then `legacyPackages.<this system>.`).
     pub fn build(&self, installable: &str, out_link: &Path) -> Result<Vec<PathBuf>, NixError> {
-        let _ = (installable, out_link);
-        todo!()
+        let stdout = Invocation::new(["build", "--json", "--out-link"], log::Level::Info)
+            .arg(out_link)
+            .args(["--", installable])
+            .run(self)?;
+        json::build_outputs(&stdout)
     }
 
     /// `nix eval --json INSTALLABLE --apply APPLY`.
     pub fn eval_json(&self, installable: &str, apply: &str) -> Result<serde_json::Value, NixError> {
-        let _ = (installable, apply);
-        todo!()
+        self.eval(&[], installable, apply)
     }
 
-    /// `nix path-info --recursive --json PATHS...`: the closure, valid paths only.
+    /// [`Nix::eval_json`] of `FLAKE#ATTR_PATH` with `ATTR_PATH` taken as it
+    /// is, from the flake's outputs: no default prefixes are tried first.
+    /// Nix 2.8 has no syntax for that, so the prefixes are pointed at a
+    /// system no flake has; `--system` changes nothing else for an eval.
+    /// `ATTR_PATH` `""` is the outputs themselves: it parses to no attribute.
+    pub(crate) fn eval_json_exact(&self, flake: &str, attr_path: &str, apply: &str) -> Result<serde_json::Value, NixError> {
+        let installable = format!("{flake}#{attr_path}");
+        self.eval(&["--system", "flakeforge-no-such-system"], &installable, apply)
+    }
+
+    fn eval(&self, options: &[&str], installable: &str, apply: &str) -> Result<serde_json::Value, NixError> {
+        let stdout = Invocation::new(["eval", "--json"], log::Level::Debug)
+            .args(options)
+            .args(["--apply", apply, "--", installable])
+            .run(self)?;
+        serde_json::from_slice(&stdout).map_err(|error| NixError::Output(format!("nix eval: {error}")))
+    }
+
+    /// `nix path-info --recursive --json PATHS...`: the closure, valid paths
+    /// only, sorted by path.
     pub fn closure(&self, paths: &[PathBuf]) -> Result<Vec<PathInfo>, NixError> {
-        let _ = paths;
-        todo!()
+        // With no paths nix would take the flake in the working directory.
+        let Some(first) = paths.first() else { return Ok(Vec::new()) };
+        let stdout = Invocation::new(["path-info", "--recursive", "--json", "--"], log::Level::Debug)
+            .args(paths)
+            .run(self)?;
+        let store_dir = first.parent().unwrap_or(Path::new("/"));
+        json::path_infos(&stdout, store_dir)
     }
 }

@@ -65,22 +65,20 @@ pub fn plan_image(config: &Config, nix: &Nix, name: &RepoName, tag: &Tag) -> Res
             let link = roots_dir.join(segments[0]);
             let outputs = nix.build(&format!("{flake}#{}.conf", package.attr_path), &link)?;
             let conf_path = outputs.first().ok_or_else(|| ServiceError::Internal("nix built no output".into()))?;
-            return conf_image(conf_path, vec![link]);
+            return conf_image(conf_path, out_links(&roots_dir));
         }
     }
 
     let mut outputs = Vec::new();
-    let mut gcroots = Vec::new();
     let mut main_program = None;
     for (segment, package) in segments.iter().zip(&packages) {
-        let link = roots_dir.join(segment);
-        let built = nix.build(&format!("{flake}#{}", package.attr_path), &link)?;
-        gcroots.push(link);
+        let built = nix.build(&format!("{flake}#{}", package.attr_path), &roots_dir.join(segment))?;
         if main_program.is_none() {
             main_program.clone_from(&package.main_program);
         }
         outputs.extend(built);
     }
+    let gcroots = out_links(&roots_dir);
     // A package whose output is itself a conf file (`streamLayeredImageConf`).
     if let [single] = outputs.as_slice() {
         if single.is_file() {
@@ -96,6 +94,14 @@ pub fn plan_image(config: &Config, nix: &Nix, name: &RepoName, tag: &Tag) -> Res
 fn gcroots_dir(config: &Config, name: &RepoName, tag: &Tag) -> PathBuf {
     let id = Digest::of(format!("{}:{}", name.canonical(), tag).as_bytes());
     config.state_dir.join("gcroots").join(&id.hex()[..32])
+}
+
+/// The out-links `nix build` made (`NAME`, `NAME-<output>`): the image's GC roots.
+fn out_links(roots_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(roots_dir) else { return Vec::new() };
+    let mut links: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.is_symlink()).collect();
+    links.sort();
+    links
 }
 
 fn conf_image(conf_path: &Path, gcroots: Vec<PathBuf>) -> Result<ImagePlan, ServiceError> {

@@ -1,5 +1,5 @@
 //! The command line: `flakeforge serve` and its flags, turned into a
-//! [`Config`] and a running server.
+//! [`Config`] and a running server; `flakeforge ca` prints the local CA.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use crate::http::{self, ServerLimits};
 use crate::image::compress::Compression;
 use crate::registry::Registry;
 use crate::service::Service;
+use crate::tls::{self, CertFiles, TlsOptions};
 
 /// flakeforge: a container registry that builds images from a Nix flake on demand.
 #[derive(FromArgs)]
@@ -23,8 +24,20 @@ struct Cli {
 
 #[derive(FromArgs)]
 #[argh(subcommand)]
+// Parsed once at startup: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Serve(ServeArgs),
+    Ca(CaArgs),
+}
+
+/// Print the local certificate authority's certificate (PEM) for clients to trust; creates it if missing.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "ca")]
+struct CaArgs {
+    /// the state directory of `flakeforge serve` (default: $STATE_DIRECTORY, else $XDG_STATE_HOME/flakeforge)
+    #[argh(option)]
+    state_dir: Option<PathBuf>,
 }
 
 /// Serve the flake's packages as container images (OCI Distribution API).
@@ -43,6 +56,15 @@ struct ServeArgs {
     /// serve plain HTTP instead of HTTPS
     #[argh(switch)]
     no_tls: bool,
+    /// a DNS name or IP address clients reach the registry by, repeatable; added to the local CA's certificate
+    #[argh(option)]
+    hostname: Vec<String>,
+    /// a PEM certificate chain to serve instead of the local CA's (with --tls-key; re-read when it changes)
+    #[argh(option)]
+    tls_cert: Option<PathBuf>,
+    /// the PEM private key of --tls-cert (RSA, ECDSA or Ed25519)
+    #[argh(option)]
+    tls_key: Option<PathBuf>,
     /// seconds a nix invocation may take before its process group is killed (default: 1800)
     #[argh(option, default = "1800")]
     build_timeout: u64,
@@ -83,13 +105,34 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Ca(args) => print_ca(args),
     }
 }
 
+fn print_ca(args: CaArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let state_dir = args
+        .state_dir
+        .or_else(config::default_state_dir)
+        .ok_or("no state directory: pass --state-dir, or set STATE_DIRECTORY or XDG_STATE_HOME")?;
+    print!("{}", tls::ca_pem(&state_dir)?);
+    Ok(())
+}
+
 fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (hostnames, cert_files) = tls_args(&args)?;
     let config = config_from(args)?;
-    if config.tls {
-        return Err("TLS is not built in yet: pass --no-tls to serve plain HTTP".into());
+    let tls_acceptor = if config.tls {
+        let options =
+            TlsOptions { state_dir: config.state_dir.clone(), listen: config.listen.clone(), hostnames, cert_files };
+        Some(tls::setup(&options)?)
+    } else {
+        None
+    };
+    // LEAD: TLS integration point. Once `http::serve_with` lands, serve with
+    // `tls_acceptor.map(TlsAcceptor::into_wrapper)` as its `wrap` (plain TCP
+    // when None) instead of returning here.
+    if tls_acceptor.is_some() {
+        return Err("HTTPS is ready but not wired into the HTTP server yet: pass --no-tls to serve plain HTTP".into());
     }
     let listeners = config
         .listen
@@ -109,6 +152,19 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let registry = Arc::new(Registry::new(Arc::new(service)));
     http::serve(listeners, limits, registry)?;
     Ok(())
+}
+
+/// `--hostname`, and `--tls-cert` with `--tls-key`, checked against `--no-tls`.
+fn tls_args(args: &ServeArgs) -> Result<(Vec<String>, Option<CertFiles>), String> {
+    let cert_files = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(CertFiles { cert: cert.clone(), key: key.clone() }),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    if args.no_tls && (cert_files.is_some() || !args.hostname.is_empty()) {
+        return Err("--no-tls serves plain HTTP: drop --tls-cert, --tls-key and --hostname, or --no-tls".into());
+    }
+    Ok((args.hostname.clone(), cert_files))
 }
 
 fn config_from(args: ServeArgs) -> Result<Config, String> {

@@ -1,6 +1,7 @@
 //! flakeforge: a container registry that builds images from a Nix flake on demand.
 //!
 //! The layers, from the socket inwards:
+//! - [`tls`]: built-in HTTPS (rustls): a local CA or given certificates, handshakes.
 //! - [`http`]: a small HTTP/1.1 server on `httparse`, generic over the byte stream.
 //! - [`registry`]: the OCI Distribution API (pull side): routing, validation, errors.
 //! - [`service`]: turns an image name and tag into a stored manifest, building once.
@@ -17,3 +18,4 @@ pub mod image;
 pub mod nix;
 pub mod registry;
 pub mod service;
+pub mod tls;

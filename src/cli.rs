@@ -121,19 +121,13 @@ fn print_ca(args: CaArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (hostnames, cert_files) = tls_args(&args)?;
     let config = config_from(args)?;
-    let tls_acceptor = if config.tls {
+    let make_transport = if config.tls {
         let options =
             TlsOptions { state_dir: config.state_dir.clone(), listen: config.listen.clone(), hostnames, cert_files };
-        Some(tls::setup(&options)?)
+        Some(tls::setup(&options)?.with_handshake_timeout(config.limits.head_timeout).into_wrapper())
     } else {
         None
     };
-    // LEAD: TLS integration point. Once `http::serve_with` lands, serve with
-    // `tls_acceptor.map(TlsAcceptor::into_wrapper)` as its `wrap` (plain TCP
-    // when None) instead of returning here.
-    if tls_acceptor.is_some() {
-        return Err("HTTPS is ready but not wired into the HTTP server yet: pass --no-tls to serve plain HTTP".into());
-    }
     let listeners = config
         .listen
         .iter()
@@ -141,16 +135,20 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<Vec<_>, _>>()?;
     let limits = config.limits.clone();
     log::info!(
-        "serving {} for {} on {} (state in {}, compression {})",
+        "serving {} for {} on {} over {} (state in {}, compression {})",
         config.flake,
         config.system,
         config.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        if config.tls { "HTTPS" } else { "plain HTTP" },
         config.state_dir.display(),
         config.compression
     );
     let service = Service::open(config).map_err(|e| format!("cannot open the state directory: {e}"))?;
     let registry = Arc::new(Registry::new(Arc::new(service)));
-    http::serve(listeners, limits, registry)?;
+    match make_transport {
+        Some(tls) => http::serve_with(listeners, limits, registry, tls)?,
+        None => http::serve(listeners, limits, registry)?,
+    }
     Ok(())
 }
 

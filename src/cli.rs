@@ -77,6 +77,9 @@ struct ServeArgs {
     /// layer compression: none, gzip or zstd (default: gzip)
     #[argh(option, default = "Compression::Gzip")]
     compression: Compression,
+    /// a Nix system to serve images for, repeatable; with several, a tag is an image index (default: this machine's)
+    #[argh(option)]
+    system: Vec<String>,
     /// the nix program to run (default: nix from PATH)
     #[argh(option, default = "PathBuf::from(\"nix\")")]
     nix: PathBuf,
@@ -137,7 +140,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     log::info!(
         "serving {} for {} on {} over {} (state in {}, compression {})",
         config.flake,
-        config.system,
+        config.systems.join(", "),
         config.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         if config.tls { "HTTPS" } else { "plain HTTP" },
         config.state_dir.display(),
@@ -198,7 +201,7 @@ fn config_from(args: ServeArgs) -> Result<Config, String> {
         nix: args.nix,
         max_layers: positive(args.max_layers as u64, "--max-layers")? as usize,
         tag_ttl: Duration::from_secs(args.tag_ttl),
-        system: config::host_system(),
+        systems: if args.system.is_empty() { vec![config::host_system()] } else { args.system },
         limits: ServerLimits {
             max_header_bytes: positive(args.max_header_bytes as u64, "--max-header-bytes")? as usize,
             max_connections: positive(args.max_connections as u64, "--max-connections")? as usize,

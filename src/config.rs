@@ -22,8 +22,8 @@ pub struct Config {
     pub nix: PathBuf,
     pub max_layers: usize,
     pub tag_ttl: Duration,
-    /// The Nix system whose packages are served (`x86_64-linux`).
-    pub system: String,
+    /// The Nix systems whose packages are served (`x86_64-linux`, ...); never empty.
+    pub systems: Vec<String>,
     pub limits: ServerLimits,
 }
 

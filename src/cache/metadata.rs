@@ -14,11 +14,13 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::image::layer::LayerRecord;
+use crate::image::manifest::Platform;
 use crate::registry::negotiate::ManifestFormat;
 
 /// An image as built: its manifests in both forms, its layers, its GC roots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
+    pub platform: Platform,
     pub manifests: BTreeMap<ManifestFormat, Digest>,
     pub layers: Vec<Digest>,
     pub gcroots: Vec<GcRoot>,
@@ -146,6 +148,7 @@ mod tests {
         let digest = store.put_manifest(b"{\"schemaVersion\":2}");
         assert_eq!(digest, Digest::of(b"{\"schemaVersion\":2}"));
         let record = ImageRecord {
+            platform: Platform::of_nix_system("x86_64-linux").unwrap(),
             manifests: BTreeMap::from([(ManifestFormat::Oci, digest.clone())]),
             layers: vec![],
             gcroots: vec![],

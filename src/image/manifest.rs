@@ -6,13 +6,13 @@ use serde::Serialize;
 use super::compress::Compression;
 use super::layer::LayerRecord;
 use crate::digest::Digest;
-use crate::registry::negotiate::{ManifestFormat, DOCKER_MANIFEST, OCI_MANIFEST};
+use crate::registry::negotiate::{ManifestFormat, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
 /// An OCI platform: what a Nix system is called in image configs and indexes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Platform {
     pub architecture: String,
     pub os: String,
@@ -128,6 +128,48 @@ pub fn manifest_json(format: ManifestFormat, config: &[u8], layers: &[LayerRecor
     serde_json::to_vec(&document).expect("manifests serialize")
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexEntry<'a> {
+    media_type: &'a str,
+    digest: &'a Digest,
+    size: u64,
+    platform: &'a Platform,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexDocument<'a> {
+    schema_version: u32,
+    media_type: &'a str,
+    manifests: Vec<IndexEntry<'a>>,
+}
+
+/// An image index (OCI) or manifest list (Docker) over per-platform
+/// manifests of the same form, given as (platform, manifest bytes).
+pub fn index_json(format: ManifestFormat, entries: &[(Platform, Vec<u8>)]) -> Vec<u8> {
+    let (media_type, entry_type) = match format {
+        ManifestFormat::Oci => (OCI_INDEX, OCI_MANIFEST),
+        ManifestFormat::Docker => (DOCKER_MANIFEST_LIST, DOCKER_MANIFEST),
+    };
+    let digests: Vec<Digest> = entries.iter().map(|(_, manifest)| Digest::of(manifest)).collect();
+    let document = IndexDocument {
+        schema_version: 2,
+        media_type,
+        manifests: entries
+            .iter()
+            .zip(&digests)
+            .map(|((platform, manifest), digest)| IndexEntry {
+                media_type: entry_type,
+                digest,
+                size: manifest.len() as u64,
+                platform,
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&document).expect("indexes serialize")
+}
+
 /// The media type a stored manifest declares (both forms carry `mediaType`).
 pub fn media_type_of(manifest: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(manifest).ok()?;
@@ -147,6 +189,21 @@ mod tests {
             digest: Digest::of(&[n, n]),
             size: 100 + n as u64,
         }
+    }
+
+    #[test]
+    fn index_lists_platforms() {
+        let amd64 = Platform::of_nix_system("x86_64-linux").unwrap();
+        let arm64 = Platform::of_nix_system("aarch64-linux").unwrap();
+        let entries = vec![(amd64, b"{\"a\":1}".to_vec()), (arm64, b"{\"b\":2}".to_vec())];
+        let docker: serde_json::Value = serde_json::from_slice(&index_json(ManifestFormat::Docker, &entries)).unwrap();
+        assert_eq!(docker["mediaType"], DOCKER_MANIFEST_LIST);
+        assert_eq!(docker["manifests"][0]["mediaType"], DOCKER_MANIFEST);
+        assert_eq!(docker["manifests"][1]["platform"], serde_json::json!({"architecture": "arm64", "os": "linux", "variant": "v8"}));
+        assert_eq!(docker["manifests"][1]["digest"], Digest::of(b"{\"b\":2}").to_string());
+        assert_eq!(docker["manifests"][1]["size"], 7);
+        let oci = index_json(ManifestFormat::Oci, &entries);
+        assert_eq!(media_type_of(&oci).as_deref(), Some(OCI_INDEX));
     }
 
     #[test]

@@ -34,6 +34,7 @@ impl Service {
             .map(|format| (format, self.meta.put_manifest(&manifest::manifest_json(format, &config, &layers))))
             .collect::<BTreeMap<_, _>>();
         let record = ImageRecord {
+            platform: plan.config.platform.clone(),
             manifests,
             layers: layers.iter().map(|l| l.digest.clone()).collect(),
             gcroots: gcroots(plan),

@@ -5,19 +5,19 @@ mod assemble;
 mod blob;
 pub mod flight;
 mod plan;
+mod resolve;
 
 pub use blob::BlobSource;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::time::Instant;
 
 use crate::cache::{BlobStore, MetadataStore, TagCache};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::nix::{Nix, NixError};
 use crate::registry::negotiate::ManifestFormat;
-use crate::registry::reference::{RepoName, Tag};
+use crate::registry::reference::RepoName;
 use flight::{BuildSlots, Flights};
 
 /// Why a name or tag could not be served. Messages are for clients: no server paths.
@@ -105,56 +105,24 @@ impl Service {
         &self.config
     }
 
-    /// The manifests for `name:tag`, building the image if needed. Concurrent
-    /// callers for the same image share one build.
-    pub fn resolve(&self, name: &RepoName, tag: &Tag) -> Result<ResolvedTag, ServiceError> {
-        let canonical = name.canonical();
-        if let Some(resolved) = self.tags.get(&canonical, tag.as_str()) {
-            return Ok(resolved);
-        }
-        let abandoned = Err(ServiceError::Internal("the build was abandoned".into()));
-        self.flights.run((canonical.clone(), tag.to_string()), abandoned, || {
-            if let Some(resolved) = self.tags.get(&canonical, tag.as_str()) {
-                return Ok(resolved);
-            }
-            let _slot = self.slots.acquire().ok_or(ServiceError::TooManyBuilds)?;
-            let started = Instant::now();
-            let result = plan::plan_image(&self.config, &self.nix, name, tag).and_then(|plan| self.assemble(&plan));
-            match &result {
-                Ok(record) => log::info!(
-                    "image {canonical}:{tag} ready in {:.1?}: {} layers, {}",
-                    started.elapsed(),
-                    record.layers.len(),
-                    record.manifests[&ManifestFormat::Oci]
-                ),
-                Err(err) => log::warn!("image {canonical}:{tag} failed after {:.1?}: {err}", started.elapsed()),
-            }
-            let resolved = ResolvedTag { manifests: result?.manifests };
-            self.tags.insert(&canonical, tag.as_str(), resolved.clone(), tag.is_revision());
-            Ok(resolved)
-        })
-    }
-
     pub fn manifest(&self, digest: &Digest) -> Option<Vec<u8>> {
         self.meta.manifest(digest)
     }
 
-    /// Package names the flake offers for the served system (lowercase, as image names).
+    /// Package names the flake offers for the served systems (lowercase, as image names).
     pub fn catalog(&self) -> Vec<String> {
         if let Some(names) = self.catalog.get("", "") {
             return names;
         }
-        let installable = format!("{}#packages.{}", self.config.flake, self.config.system);
-        let names: Vec<String> = match self.nix.eval_json(&installable, "builtins.attrNames") {
-            Ok(serde_json::Value::Array(names)) => names
-                .iter()
-                .filter_map(|n| n.as_str())
-                .map(str::to_ascii_lowercase)
-                .filter(|n| RepoName::parse(n).is_some())
-                .collect(),
-            Ok(_) | Err(_) => Vec::new(),
-        };
-        let mut names = names;
+        let mut names = Vec::new();
+        for system in &self.config.systems {
+            let installable = format!("{}#packages.{system}", self.config.flake);
+            // A flake without packages for a system simply lists none for it.
+            if let Ok(serde_json::Value::Array(found)) = self.nix.eval_json(&installable, "builtins.attrNames") {
+                names.extend(found.iter().filter_map(|n| n.as_str()).map(str::to_ascii_lowercase));
+            }
+        }
+        names.retain(|n| RepoName::parse(n).is_some());
         names.sort();
         names.dedup();
         self.catalog.insert("", "", names.clone(), false);
@@ -163,8 +131,15 @@ impl Service {
 
     /// The tags of an existing name: `latest` and those resolved so far.
     pub fn tags(&self, name: &RepoName) -> Result<Vec<String>, ServiceError> {
-        for segment in name.packages() {
-            crate::nix::attr::resolve(&self.nix, &self.config.flake, &self.config.system, segment)?;
+        let exists_for = |system: &String| {
+            name.packages().iter().try_for_each(|segment| {
+                crate::nix::attr::resolve(&self.nix, &self.config.flake, system, segment).map(drop)
+            })
+        };
+        let mut outcomes = self.config.systems.iter().map(exists_for);
+        let first = outcomes.next().expect("at least one system is served");
+        if first.is_err() && !outcomes.any(|o| o.is_ok()) {
+            first?;
         }
         let mut tags = self.tags.tags_of(&name.canonical());
         tags.push("latest".into());

@@ -49,15 +49,21 @@ impl ImagePlan {
 }
 
 /// Resolves, builds and plans the image `name:tag` with Nix.
-pub fn plan_image(config: &Config, nix: &Nix, name: &RepoName, tag: &Tag) -> Result<ImagePlan, ServiceError> {
+pub fn plan_image(
+    config: &Config,
+    nix: &Nix,
+    name: &RepoName,
+    tag: &Tag,
+    system: &str,
+) -> Result<ImagePlan, ServiceError> {
     let flake = flakeref::for_tag(&config.flake, tag.as_str())?;
-    let roots_dir = gcroots_dir(config, name, tag);
+    let roots_dir = gcroots_dir(config, name, tag, system);
     fs::create_dir_all(&roots_dir).map_err(|e| ServiceError::internal("creating the GC root directory", e))?;
 
     let segments = name.packages();
     let mut packages = Vec::new();
     for segment in &segments {
-        packages.push(attr::resolve(nix, &flake, &config.system, segment)?);
+        packages.push(attr::resolve(nix, &flake, system, segment)?);
     }
 
     if let [package] = packages.as_slice() {
@@ -65,7 +71,7 @@ pub fn plan_image(config: &Config, nix: &Nix, name: &RepoName, tag: &Tag) -> Res
             let link = roots_dir.join(segments[0]);
             let outputs = nix.build(&format!("{flake}#{}.conf", package.attr_path), &link)?;
             let conf_path = outputs.first().ok_or_else(|| ServiceError::Internal("nix built no output".into()))?;
-            return conf_image(conf_path, out_links(&roots_dir));
+            return conf_image(conf_path, system, out_links(&roots_dir));
         }
     }
 
@@ -82,17 +88,17 @@ pub fn plan_image(config: &Config, nix: &Nix, name: &RepoName, tag: &Tag) -> Res
     // A package whose output is itself a conf file (`streamLayeredImageConf`).
     if let [single] = outputs.as_slice() {
         if single.is_file() {
-            if let Ok(plan) = conf_image(single, gcroots.clone()) {
+            if let Ok(plan) = conf_image(single, system, gcroots.clone()) {
                 return Ok(plan);
             }
         }
     }
-    package_image(config, nix, outputs, main_program, gcroots)
+    package_image(config, nix, system, outputs, main_program, gcroots)
 }
 
-/// `<state>/gcroots/<hash of name and tag>/`: one directory per image name and tag.
-fn gcroots_dir(config: &Config, name: &RepoName, tag: &Tag) -> PathBuf {
-    let id = Digest::of(format!("{}:{}", name.canonical(), tag).as_bytes());
+/// `<state>/gcroots/<hash of name, tag and system>/`: one directory per image.
+fn gcroots_dir(config: &Config, name: &RepoName, tag: &Tag, system: &str) -> PathBuf {
+    let id = Digest::of(format!("{}:{}@{system}", name.canonical(), tag).as_bytes());
     config.state_dir.join("gcroots").join(&id.hex()[..32])
 }
 
@@ -104,7 +110,7 @@ fn out_links(roots_dir: &Path) -> Vec<PathBuf> {
     links
 }
 
-fn conf_image(conf_path: &Path, gcroots: Vec<PathBuf>) -> Result<ImagePlan, ServiceError> {
+fn conf_image(conf_path: &Path, system: &str, gcroots: Vec<PathBuf>) -> Result<ImagePlan, ServiceError> {
     let bytes = fs::read(conf_path).map_err(|e| ServiceError::internal("reading the image conf", e))?;
     let conf = LayeredImageConf::parse(&bytes).map_err(|e| ServiceError::Build {
         message: format!("the image conf is not usable: {e}"),
@@ -132,11 +138,9 @@ fn conf_image(conf_path: &Path, gcroots: Vec<PathBuf>) -> Result<ImagePlan, Serv
     }));
     layers.push(LayerSource::TarFile { path: Path::new(&conf.customisation_layer).join("layer.tar") });
 
-    let platform = Platform {
-        architecture: conf.architecture.clone(),
-        os: "linux".into(),
-        variant: (conf.architecture == "arm64").then(|| "v8".to_string()),
-    };
+    // The conf names the architecture; the system it was built for adds the variant (arm64 → v8).
+    let variant = Platform::of_nix_system(system).filter(|p| p.architecture == conf.architecture).and_then(|p| p.variant);
+    let platform = Platform { architecture: conf.architecture.clone(), os: "linux".into(), variant };
     let image = ImageConfig {
         platform,
         created: conf.created_iso().map_err(bad_conf)?,
@@ -148,6 +152,7 @@ fn conf_image(conf_path: &Path, gcroots: Vec<PathBuf>) -> Result<ImagePlan, Serv
 fn package_image(
     config: &Config,
     nix: &Nix,
+    system: &str,
     outputs: Vec<PathBuf>,
     main_program: Option<String>,
     gcroots: Vec<PathBuf>,
@@ -166,8 +171,8 @@ fn package_image(
     if let Some(program) = main_program {
         image_config["Cmd"] = serde_json::json!([format!("/bin/{program}")]);
     }
-    let platform = Platform::of_nix_system(&config.system)
-        .ok_or_else(|| ServiceError::Internal(format!("{} has no OCI platform", config.system)))?;
+    let platform = Platform::of_nix_system(system)
+        .ok_or_else(|| ServiceError::Internal(format!("{system} has no OCI platform")))?;
     let image = ImageConfig { platform, created: "1970-01-01T00:00:01Z".into(), config: image_config };
     Ok(ImagePlan::new(layers, image, gcroots))
 }

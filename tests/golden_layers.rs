@@ -1,0 +1,108 @@
+//! Layer tarballs are byte for byte those of nixpkgs' `stream_layered_image.py`.
+//!
+//! The expected digests were computed once, by hand, by running the
+//! script's `archive_paths_to` (CPython 3.11's `tarfile`, which writes
+//! headers as the Python nixpkgs uses does) over this fixture placed at the
+//! store paths named below, after the same mode normalisation this test
+//! does (git keeps only the executable bit, and the umask varies). The test
+//! writes the same trees from a temporary copy under those archive names.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use flakeforge::digest::HashingWriter;
+use flakeforge::image::tar::TarWriter;
+use flakeforge::image::Ownership;
+
+const TREE: &str = "/nix/store/00000000000000000000000000000000-golden-tree";
+const SINGLE: &str = "/nix/store/11111111111111111111111111111111-golden-single";
+
+struct Fixture {
+    dir: PathBuf,
+}
+
+impl Fixture {
+    /// The fixture copied, with modes normalised, an empty directory and a hardlink added.
+    fn new(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("flakeforge-golden-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+        copy_tree(&source.join("tree"), &dir.join("tree"));
+        fs::copy(source.join("single"), dir.join("single")).unwrap();
+        fs::set_permissions(dir.join("single"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::create_dir(dir.join("tree/empty")).unwrap();
+        fs::set_permissions(dir.join("tree/empty"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::hard_link(dir.join("tree/a/b"), dir.join("tree/a/hardlink")).unwrap();
+        Fixture { dir }
+    }
+
+    fn layer(&self, paths: &[(&str, &str)], owner: &Ownership) -> (String, u64) {
+        let mut tar = TarWriter::new(HashingWriter::new(std::io::sink()));
+        tar.append_dir(b"/nix", 0o755, owner).unwrap();
+        tar.append_dir(b"/nix/store", 0o755, owner).unwrap();
+        for (local, archive_name) in paths {
+            tar.append_tree_as(&self.dir.join(local), archive_name.as_bytes(), owner).unwrap();
+        }
+        let (digest, size, _) = tar.finish().unwrap().finish();
+        (digest.hex().to_string(), size)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir(to).unwrap();
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().unwrap();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&source).unwrap(), &target).unwrap();
+        } else if kind.is_dir() {
+            copy_tree(&source, &target);
+        } else {
+            fs::copy(&source, &target).unwrap();
+            let executable = fs::metadata(&source).unwrap().permissions().mode() & 0o111 != 0;
+            fs::set_permissions(&target, fs::Permissions::from_mode(if executable { 0o755 } else { 0o644 })).unwrap();
+        }
+    }
+}
+
+fn root() -> Ownership {
+    Ownership { mtime: 1, uid: 0, gid: 0, uname: "root".into(), gname: "root".into() }
+}
+
+#[test]
+fn one_tree_as_root() {
+    let fixture = Fixture::new("root");
+    assert_eq!(
+        fixture.layer(&[("tree", TREE)], &root()),
+        ("9030ff0a11321e53e5d1141ba66dd27ac1a7dbd5cf85eb9efa5956fbad7c49f5".to_string(), 430080)
+    );
+}
+
+#[test]
+fn two_paths_with_another_owner_and_time() {
+    let fixture = Fixture::new("user");
+    let owner = Ownership { mtime: 1_700_000_000, uid: 1000, gid: 100, uname: "user".into(), gname: "users".into() };
+    assert_eq!(
+        fixture.layer(&[("tree", TREE), ("single", SINGLE)], &owner),
+        ("b7500f7cbdcb51e52a598318c5ebce4f0f4ce3e5ee9d8430cd73e66d3952b253".to_string(), 430080)
+    );
+}
+
+#[test]
+fn a_store_path_that_is_a_file() {
+    let fixture = Fixture::new("single");
+    assert_eq!(
+        fixture.layer(&[("single", SINGLE)], &root()),
+        ("42e8ec7aa19d85a20a03a666977b710c39609fd869730b9bcfedaa8e7a62160a".to_string(), 10240)
+    );
+}

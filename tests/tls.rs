@@ -9,7 +9,8 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{client_trusting, handshake, serve_one, TestDir};
+use common::tls_client::{client_trusting, handshake, serve_one};
+use common::TestDir;
 use flakeforge::tls::{self, CertFiles, TlsAcceptor, TlsError, TlsOptions};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ED25519, PKCS_RSA_SHA256};
 

@@ -10,7 +10,8 @@ use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{client_trusting, process_cpu_time, serve_one, TestDir};
+use common::tls_client::{client_trusting, process_cpu_time, serve_one};
+use common::TestDir;
 use flakeforge::tls::{self, TlsOptions};
 use rustls::pki_types::ServerName;
 use rustls::ClientConnection;

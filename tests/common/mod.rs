@@ -1,110 +1,86 @@
-//! Helpers for the TLS tests: scratch directories, a one-connection server
-//! around a `TlsAcceptor`, and a rustls client, all on loopback.
+//! What the integration tests share: scratch directories, the real
+//! `flakeforge` binary on a free loopback port, a generated test flake built
+//! with busybox alone, and the container clients (skopeo, podman, dockerd,
+//! containerd) started by hand. A missing tool fails a test; nothing skips.
 #![allow(dead_code)]
 
+pub mod clients;
+pub mod flake;
+pub mod server;
 mod test_dir;
+pub mod tls_client;
 
+pub use flake::TestFlake;
+pub use server::FlakeforgeServer;
 pub use test_dir::TestDir;
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use flakeforge::tls::TlsAcceptor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+/// Nix settings that work offline, as root, without a daemon.
+pub const NIX_CONFIG: &str = "experimental-features = nix-command flakes\nsandbox = false\nbuild-users-group =\nsubstituters =\nextra-platforms = aarch64-linux\n";
 
-/// How the server side of one connection went.
-pub struct Served {
-    /// The handshake's result, then (when it succeeded) the echo's.
-    pub result: io::Result<()>,
-    /// The time `wrap` took.
-    pub handshake_time: Duration,
+/// Panics with a clear message when `tool` is not on PATH: tests fail, never skip.
+pub fn require_tool(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(found, "{tool} is not installed: run scripts/install-deps.sh (tests never skip a missing tool)");
 }
 
-/// Accepts one connection on loopback, wraps it, and answers one line
-/// `ping` with `pong` through the TLS stream.
-pub fn serve_one(acceptor: TlsAcceptor) -> (SocketAddr, JoinHandle<Served>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let thread = std::thread::spawn(move || {
-        let (tcp, _) = listener.accept().unwrap();
-        let started = Instant::now();
-        let wrapped = acceptor.wrap(tcp);
-        let handshake_time = started.elapsed();
-        let result = wrapped.and_then(|mut stream| {
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let mut line = String::new();
-            BufReader::new(&mut stream).read_line(&mut line)?;
-            assert_eq!(line, "ping\n");
-            stream.write_all(b"pong\n")?;
-            stream.flush()
-        });
-        Served { result, handshake_time }
-    });
-    (addr, thread)
-}
-
-/// A client configuration trusting only the certificates in `ca_pem`.
-pub fn client_trusting(ca_pem: &str) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-/// Connects as `name`, says `ping`, expects `pong`; returns the server's
-/// certificate chain. Verification failures come back as `InvalidData`.
-pub fn ping(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> io::Result<Vec<CertificateDer<'static>>> {
-    let server_name = ServerName::try_from(name.to_string()).unwrap();
-    let conn = ClientConnection::new(config, server_name).map_err(io::Error::other)?;
-    let tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut stream = StreamOwned::new(conn, tcp);
-    stream.write_all(b"ping\n")?;
-    stream.flush()?;
-    let mut line = String::new();
-    BufReader::new(&mut stream).read_line(&mut line)?;
-    assert_eq!(line, "pong\n");
-    assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
-    // The server's stream ends with close_notify when dropped: a clean end, not UnexpectedEof.
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest)?;
-    assert!(rest.is_empty());
-    Ok(stream.conn.peer_certificates().unwrap().to_vec())
-}
-
-/// One handshake against a fresh one-connection server: the client's
-/// result and the server's.
-pub fn handshake(
-    acceptor: &TlsAcceptor,
-    config: Arc<ClientConfig>,
-    name: &str,
-) -> (io::Result<Vec<CertificateDer<'static>>>, Served) {
-    let (addr, server) = serve_one(acceptor.clone());
-    let client = ping(addr, config, name);
-    (client, server.join().unwrap())
-}
-
-/// CPU time (user + system) this process has used so far.
-pub fn process_cpu_time() -> Duration {
-    // SAFETY: getrusage writes into the struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
-        usage
+/// Runs `command` to its end or kills it after `seconds`.
+pub fn run_with_timeout(command: &mut Command, seconds: u64) -> Output {
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
     };
-    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    time(usage.ru_utime) + time(usage.ru_stime)
+    let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{description} did not finish within {seconds} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// Runs `command`, panicking with its stderr unless it succeeds; returns stdout.
+pub fn run_ok(command: &mut Command, seconds: u64) -> String {
+    let description = format!("{command:?}");
+    let output = run_with_timeout(command, seconds);
+    assert!(
+        output.status.success(),
+        "{description} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Polls `check` every 50 ms until it holds or `seconds` pass.
+pub fn wait_until(seconds: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1,0 +1,176 @@
+//! A test flake with no inputs, written into a scratch directory and built
+//! with Debian's static busybox alone (there is no nixpkgs here). It offers
+//! plain packages, one with an upper-case name, a nested legacyPackages set,
+//! a failing and a sleeping build, and images defined the way nixpkgs'
+//! `dockerTools.streamLayeredImage` defines them (a `conf` attribute), one of
+//! them on a docker-archive base image.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{require_tool, run_ok, TestDir};
+
+pub struct TestFlake {
+    dir: TestDir,
+}
+
+/// The flake. `@SYSTEM@` is the host's system; `tools` holds busybox.
+const FLAKE: &str = r#####"{
+  description = "flakeforge test flake";
+  outputs = { self }:
+    let
+      system = "@SYSTEM@";
+      tools = builtins.path { path = ./tools; name = "test-tools"; };
+      bb = "${tools}/busybox";
+      run = name: script: extra: derivation ({
+        inherit name system;
+        builder = bb;
+        args = [ "sh" "-c" script ];
+      } // extra);
+      busybox = run "busybox" ''
+        ${bb} mkdir -p $out/bin
+        ${bb} cp ${bb} $out/bin/busybox
+        for a in $(${bb} --list); do [ $a = busybox ] || ${bb} ln -s busybox $out/bin/$a; done
+      '' { };
+      script = name: line: run name ''
+        ${bb} mkdir -p $out/bin
+        ${bb} printf '#!${busybox}/bin/sh\necho "%s"\n' "$line" > $out/bin/${name}
+        ${bb} chmod +x $out/bin/${name}
+      '' { inherit line; } // { meta.mainProgram = name; };
+      hello = script "hello" "@HELLO@";
+      customisation = run "customisation-layer" ''
+        set -e
+        PATH=${busybox}/bin
+        mkdir -p root/etc $out
+        echo "built by a conf" > root/etc/motd
+        ln -s ${hello}/bin/hello root/hello
+        tar -C root -cf $out/layer.tar etc hello
+        sha256sum $out/layer.tar | cut -d' ' -f1 > $out/checksum
+      '' { };
+      base = run "base-image.tar" ''
+        set -e
+        PATH=${busybox}/bin
+        mkdir -p layer image && echo "from the base image" > layer/base-file
+        tar -C layer -cf image/layer.tar base-file
+        diff=$(sha256sum image/layer.tar | cut -d' ' -f1)
+        printf '{"architecture":"amd64","os":"linux","config":{"Env":["BASE=1","PATH=/base"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' $diff > image/config.json
+        printf '[{"Config":"config.json","RepoTags":["base:latest"],"Layers":["layer.tar"]}]' > image/manifest.json
+        tar -C image -cf $out manifest.json config.json layer.tar
+      '' { };
+      conf = name: extra: run "${name}-conf.json" ''${bb} printf '%s' "$conf" > $out'' {
+        conf = builtins.toJSON ({
+          architecture = "@ARCH@";
+          config = { Cmd = [ "/hello" ]; Env = [ "PATH=${busybox}/bin" "IMAGE=${name}" ]; };
+          created = "1970-01-01T00:00:01Z";
+          mtime = "1970-01-01T00:00:01Z";
+          uid = 0; gid = 0; uname = "root"; gname = "root";
+          store_dir = "/nix/store";
+          store_layers = [ [ "${busybox}" ] [ "${hello}" ] ];
+          customisation_layer = "${customisation}";
+          from_image = null;
+          repo_tag = "${name}:latest";
+        } // extra);
+      };
+      # As dockerTools.streamLayeredImage: the result has a `conf` attribute.
+      image = name: extra: run name "${bb} echo not a script > $out" { } // { conf = conf name extra; };
+    in {
+      packages.${system} = {
+        inherit busybox hello;
+        motd = script "motd" "message of the day";
+        Upper = script "upper" "upper case";
+        broken = run "broken" "echo flakeforge-test-build-failure >&2; exit 3" { };
+        sleeper = run "sleeper" "${bb} sleep 600" { };
+        img = image "img" { };
+        based = image "based" { from_image = "${base}"; };
+        # As the original flakeforge's streamLayeredImageConf: the output is the conf.
+        imgconf = conf "imgconf" { };
+      };
+      legacyPackages.${system}.tools = {
+        jq = script "jq" "not really jq";
+      };
+    };
+}
+"#####;
+
+pub const HELLO: &str = "Hello from the flakeforge test flake";
+
+impl TestFlake {
+    pub fn new() -> TestFlake {
+        Self::with_hello(HELLO)
+    }
+
+    /// The flake, with `hello` printing `line`.
+    pub fn with_hello(line: &str) -> TestFlake {
+        require_tool("nix");
+        assert!(Path::new("/bin/busybox").is_file(), "/bin/busybox is missing: install busybox-static");
+        let dir = TestDir::new();
+        fs::create_dir_all(dir.path().join("tools")).unwrap();
+        fs::copy("/bin/busybox", dir.path().join("tools/busybox")).unwrap();
+        let flake = TestFlake { dir };
+        flake.write_flake(line);
+        flake
+    }
+
+    fn write_flake(&self, hello: &str) {
+        let system = format!("{}-linux", std::env::consts::ARCH);
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let text = FLAKE.replace("@SYSTEM@", &system).replace("@ARCH@", arch).replace("@HELLO@", hello);
+        fs::write(self.path().join("flake.nix"), text).unwrap();
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path_buf(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        require_tool("git");
+        run_ok(
+            Command::new("git")
+                .args(["-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "init.defaultBranch=main"])
+                .args(args)
+                .current_dir(self.path()),
+            30,
+        )
+    }
+
+    /// Makes the flake a git repository with one commit, tagged `v1`.
+    pub fn init_git(&self) {
+        self.git(&["init", "-q"]);
+        self.commit("first");
+        self.git(&["tag", "v1"]);
+    }
+
+    /// Changes what `hello` prints and commits it; returns the new commit.
+    pub fn commit_hello(&self, line: &str) -> String {
+        self.write_flake(line);
+        self.commit(line)
+    }
+
+    fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["rev-parse", "HEAD"]).trim().to_string()
+    }
+
+    /// `nix build` of an attribute here; its output path.
+    pub fn build(&self, attr: &str) -> PathBuf {
+        let out = run_ok(
+            Command::new("nix")
+                .args(["build", "--no-link", "--json"])
+                .arg(format!("{}#{attr}", self.path().display()))
+                .env("NIX_CONFIG", super::NIX_CONFIG),
+            300,
+        );
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        PathBuf::from(json[0]["outputs"]["out"].as_str().unwrap())
+    }
+}

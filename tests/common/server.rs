@@ -1,0 +1,207 @@
+//! The real `flakeforge` binary on a free loopback port, killed on drop,
+//! with its log captured, and a tiny HTTP client to talk to it.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{wait_until, TestDir, NIX_CONFIG};
+
+pub struct FlakeforgeServer {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    state: TestDir,
+    log: PathBuf,
+    tls: bool,
+}
+
+/// An answer: status, headers (names lowercased) and body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The first OCI error code of the body.
+    pub fn error_code(&self) -> String {
+        self.json()["errors"][0]["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl FlakeforgeServer {
+    /// Plain HTTP on 127.0.0.1, serving `flake`, with extra `args`.
+    pub fn start(flake: &Path, args: &[&str]) -> FlakeforgeServer {
+        let mut all = vec!["--no-tls".to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self::start_with(flake, all, false)
+    }
+
+    /// HTTPS with the local CA (plus `args`).
+    pub fn start_tls(flake: &Path, args: &[&str]) -> FlakeforgeServer {
+        Self::start_with(flake, args.iter().map(|a| a.to_string()).collect(), true)
+    }
+
+    fn start_with(flake: &Path, extra: Vec<String>, tls: bool) -> FlakeforgeServer {
+        let state = TestDir::new();
+        let log = state.path().join("flakeforge.log");
+        let mut args = vec!["serve".to_string(), "--flake".into(), flake.to_str().unwrap().into()];
+        args.extend(extra);
+        let mut server = FlakeforgeServer { child: None, port: free_port(), args, state, log, tls };
+        server.spawn();
+        server
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_flakeforge"))
+            .args(&self.args)
+            .arg("--listen")
+            .arg(self.addr().to_string())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .env("RUST_LOG", "info")
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the flakeforge binary starts");
+        self.child = Some(child);
+        let addr = self.addr();
+        let tls = self.tls;
+        wait_until(20, "flakeforge to listen", || {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("flakeforge exited ({status}):\n{}", self.log());
+            }
+            TcpStream::connect(addr).is_ok() && (tls || self.get("/v2/").status == 200)
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts again on the same port and state directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `127.0.0.1:PORT`, as image references start.
+    pub fn host(&self) -> String {
+        self.addr().to_string()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many `nix build` runs the log shows (started and finished).
+    pub fn nix_builds(&self) -> usize {
+        self.log().lines().filter(|l| l.contains("nix build ")).count()
+    }
+
+    pub fn get(&self, path: &str) -> HttpResponse {
+        self.request("GET", path, &[])
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        let mut stream = TcpStream::connect(self.addr()).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.host());
+        for (name, value) in headers {
+            head += &format!("{name}: {value}\r\n");
+        }
+        head += "\r\n";
+        stream.write_all(head.as_bytes()).unwrap();
+        read_response(&mut BufReader::new(stream), method == "HEAD")
+    }
+}
+
+/// Reads one response: Content-Length, chunked, or to the end.
+pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> HttpResponse {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        let (name, value) = trimmed.split_once(':').unwrap();
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let mut response = HttpResponse { status, headers, body: Vec::new() };
+    if head_only || status == 204 || status == 304 {
+        return response;
+    }
+    if let Some(length) = response.header("content-length") {
+        let mut body = vec![0; length.parse().unwrap()];
+        reader.read_exact(&mut body).unwrap();
+        response.body = body;
+    } else if response.header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            let size = usize::from_str_radix(line.trim(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                break;
+            }
+            response.body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        reader.read_to_end(&mut response.body).unwrap();
+    }
+    response
+}
+
+impl Drop for FlakeforgeServer {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- flakeforge log ---\n{}", self.log());
+        }
+    }
+}

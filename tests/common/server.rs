@@ -59,8 +59,20 @@ impl FlakeforgeServer {
         Self::start_with(flake, args.iter().map(|a| a.to_string()).collect(), true)
     }
 
+    /// Plain HTTP, after `prepare` has run on the (not yet created) state directory.
+    pub fn start_prepared(flake: &Path, args: &[&str], prepare: impl FnOnce(&Path)) -> FlakeforgeServer {
+        let mut all = vec!["--no-tls".to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self::start_with_prepared(flake, all, false, prepare)
+    }
+
     fn start_with(flake: &Path, extra: Vec<String>, tls: bool) -> FlakeforgeServer {
+        Self::start_with_prepared(flake, extra, tls, |_| {})
+    }
+
+    fn start_with_prepared(flake: &Path, extra: Vec<String>, tls: bool, prepare: impl FnOnce(&Path)) -> FlakeforgeServer {
         let state = TestDir::new();
+        prepare(&state.path().join("state"));
         let log = state.path().join("flakeforge.log");
         let mut args = vec!["serve".to_string(), "--flake".into(), flake.to_str().unwrap().into()];
         args.extend(extra);

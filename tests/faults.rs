@@ -1,0 +1,138 @@
+//! Bad days: a build that times out, a restart, many clients at once for an
+//! image not built yet, a client that leaves mid-blob, a cache too small to
+//! keep anything, and a full disk.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::clients::skopeo;
+use common::{run_ok, wait_until, FlakeforgeServer, TestDir, TestFlake};
+
+fn pull(server: &FlakeforgeServer, name: &str) {
+    let out = TestDir::new();
+    skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{}/{name}", server.host()), &format!("dir:{}", out.path().display())]);
+}
+
+fn leftover_temp_files(state: &Path) -> usize {
+    std::fs::read_dir(state.join("tmp/blobs")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_build_that_runs_too_long_is_killed_with_its_process_group() {
+    let flake = TestFlake::new();
+    let server = FlakeforgeServer::start(flake.path(), &["--build-timeout", "3"]);
+    let started = Instant::now();
+    let response = server.get("/v2/sleeper/manifests/latest");
+    assert!(started.elapsed() < Duration::from_secs(30), "the timeout did not stop the build");
+    assert_eq!((response.status, response.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
+    assert!(response.json()["errors"][0]["message"].as_str().unwrap().contains("timed out"));
+    let flake_dir = flake.path().display().to_string();
+    wait_until(10, "the builder to be gone", || {
+        let ps = run_ok(Command::new("ps").args(["-eo", "args"]), 10);
+        !ps.lines().any(|l| l.contains("sleep 600")) && !ps.lines().any(|l| l.contains("nix") && l.contains(&flake_dir))
+    });
+}
+
+#[test]
+fn digests_served_before_a_restart_are_served_after_it() {
+    let flake = TestFlake::new();
+    let mut server = FlakeforgeServer::start(flake.path(), &[]);
+    let manifest = server.get("/v2/hello/manifests/latest");
+    let digest = manifest.header("docker-content-digest").unwrap().to_string();
+    let blobs: Vec<String> = std::iter::once(manifest.json()["config"]["digest"].as_str().unwrap().to_string())
+        .chain(manifest.json()["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()))
+        .collect();
+    server.restart();
+    let builds = server.nix_builds();
+    let again = server.get(&format!("/v2/hello/manifests/{digest}"));
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, manifest.body);
+    for blob in &blobs {
+        assert_eq!(server.get(&format!("/v2/hello/blobs/{blob}")).status, 200, "{blob}");
+    }
+    assert_eq!(server.nix_builds(), builds, "serving by digest ran nix");
+    // The tag resolves to the same image after the restart: manifests are deterministic.
+    assert_eq!(server.get("/v2/hello/manifests/latest").header("docker-content-digest"), Some(digest.as_str()));
+}
+
+#[test]
+fn concurrent_requests_for_an_unbuilt_image_share_one_build() {
+    let flake = TestFlake::new();
+    let server = FlakeforgeServer::start(flake.path(), &[]);
+    let digests: Vec<String> = std::thread::scope(|scope| {
+        let requests: Vec<_> = (0..40)
+            .map(|_| {
+                scope.spawn(|| {
+                    let response = server.get("/v2/motd/manifests/latest");
+                    assert_eq!(response.status, 200);
+                    response.header("docker-content-digest").unwrap().to_string()
+                })
+            })
+            .collect();
+        requests.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert!(digests.windows(2).all(|w| w[0] == w[1]));
+    let builds = server.log().lines().filter(|l| l.contains("nix build ") && l.contains("motd")).count();
+    assert_eq!(builds, 1, "{}", server.log());
+}
+
+#[test]
+fn a_client_that_leaves_mid_blob_leaves_nothing_behind() {
+    let flake = TestFlake::new();
+    // A one-byte cache keeps nothing but the newest blob: the busybox layer is generated on request.
+    let server = FlakeforgeServer::start(flake.path(), &["--cache-size", "1", "--compression", "gzip"]);
+    let manifest = server.get("/v2/busybox/manifests/latest").json();
+    let big = manifest["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64()).unwrap().clone();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(server.addr()).unwrap();
+        write!(stream, "GET /v2/busybox/blobs/{} HTTP/1.1\r\nHost: x\r\n\r\n", big["digest"].as_str().unwrap()).unwrap();
+        let mut some = [0u8; 4096];
+        stream.read_exact(&mut some).unwrap();
+        drop(stream);
+    }
+    wait_until(10, "temporary files to go", || leftover_temp_files(&server.state_dir()) == 0);
+    // The server still answers, and the whole blob comes out right.
+    pull(&server, "busybox");
+}
+
+#[test]
+fn evicted_layers_are_made_again_on_request() {
+    let flake = TestFlake::new();
+    let server = FlakeforgeServer::start(flake.path(), &["--cache-size", "1"]);
+    pull(&server, "hello");
+    assert!(server.log().contains("regenerated layer"), "no layer was made again:\n{}", server.log());
+    pull(&server, "hello");
+    assert_eq!(leftover_temp_files(&server.state_dir()), 0);
+}
+
+/// A small tmpfs as the state directory, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_serves_without_caching() {
+    let flake = TestFlake::new();
+    let mut disk = None;
+    let server = FlakeforgeServer::start_prepared(flake.path(), &["--compression", "none"], |state| {
+        std::fs::create_dir_all(state).unwrap();
+        // Room for the metadata, not for busybox's layer.
+        run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", "size=400k", "tmpfs"]).arg(state), 10);
+        disk = Some(SmallDisk(state.to_path_buf()));
+    });
+    pull(&server, "hello");
+    pull(&server, "hello");
+    assert!(server.log().contains("serving without caching"), "{}", server.log());
+    assert_eq!(leftover_temp_files(&server.state_dir()), 0);
+    drop(server);
+    drop(disk);
+}

@@ -118,6 +118,12 @@ impl FlakeforgeServer {
         }
     }
 
+    /// Stops and starts again on the same port and state directory, with `more` arguments.
+    pub fn restart_with(&mut self, more: &[&str]) {
+        self.args.extend(more.iter().map(|a| a.to_string()));
+        self.restart();
+    }
+
     /// Stops and starts again on the same port and state directory.
     pub fn restart(&mut self) {
         self.stop();

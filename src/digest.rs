@@ -58,17 +58,20 @@ impl FromStr for Digest {
     fn from_str(s: &str) -> Result<Self, DigestError> {
         let (algorithm, encoded) = s.split_once(':').ok_or(DigestError::Invalid)?;
         let algorithm_ok = !algorithm.is_empty()
-            && algorithm.split(['+', '.', '_', '-']).all(|c| {
-                !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            });
-        let encoded_ok = !encoded.is_empty()
-            && encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
+            && algorithm
+                .split(['+', '.', '_', '-'])
+                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        let encoded_ok =
+            !encoded.is_empty() && encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
         if !algorithm_ok || !encoded_ok || s.len() > 255 {
             return Err(DigestError::Invalid);
         }
         match algorithm {
             "sha256" => Digest::from_hex(encoded),
-            "sha512" if encoded.len() == 128 && encoded.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) => {
+            "sha512"
+                if encoded.len() == 128
+                    && encoded.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
+            {
                 Err(DigestError::Unsupported)
             }
             "sha512" => Err(DigestError::Invalid),
@@ -159,9 +162,15 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         for bad in [
-            "", "sha256", "sha256:", ":abc", "sha256:abc", "SHA256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "",
+            "sha256",
+            "sha256:",
+            ":abc",
+            "sha256:abc",
+            "SHA256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
-            "sha256:../../etc/passwd", "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85g",
+            "sha256:../../etc/passwd",
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85g",
             "sha512:abc",
         ] {
             assert_eq!(bad.parse::<Digest>(), Err(DigestError::Invalid), "{bad}");

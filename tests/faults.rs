@@ -15,7 +15,12 @@ use common::{run_ok, wait_until, FlakeforgeServer, TestDir, TestFlake};
 
 fn pull(server: &FlakeforgeServer, name: &str) {
     let out = TestDir::new();
-    skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{}/{name}", server.host()), &format!("dir:{}", out.path().display())]);
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/{name}", server.host()),
+        &format!("dir:{}", out.path().display()),
+    ]);
 }
 
 fn leftover_temp_files(state: &Path) -> usize {
@@ -90,7 +95,8 @@ fn a_client_that_leaves_mid_blob_leaves_nothing_behind() {
     let big = manifest["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64()).unwrap().clone();
     for _ in 0..3 {
         let mut stream = TcpStream::connect(server.addr()).unwrap();
-        write!(stream, "GET /v2/busybox/blobs/{} HTTP/1.1\r\nHost: x\r\n\r\n", big["digest"].as_str().unwrap()).unwrap();
+        write!(stream, "GET /v2/busybox/blobs/{} HTTP/1.1\r\nHost: x\r\n\r\n", big["digest"].as_str().unwrap())
+            .unwrap();
         let mut some = [0u8; 4096];
         stream.read_exact(&mut some).unwrap();
         drop(stream);

@@ -102,7 +102,8 @@ impl Drop for TestFlake {
 
 #[test]
 fn build_gives_the_output_and_a_gc_root() {
-    let flake = TestFlake::new("build", r#"{ packages.${system}.hello = mk "hello" "mkdir $out; echo hi > $out/hi"; }"#);
+    let flake =
+        TestFlake::new("build", r#"{ packages.${system}.hello = mk "hello" "mkdir $out; echo hi > $out/hi"; }"#);
     let out_link = flake.dir.join("result");
     let outputs = nix().build(&flake.installable(&format!("packages.{}.hello", system())), &out_link).unwrap();
 
@@ -191,7 +192,8 @@ fn closure_lists_runtime_dependencies_in_both_json_shapes() {
         }; }"#,
     );
     let nix = nix();
-    let outputs = nix.build(&flake.installable(&format!("packages.{}.app", system())), &flake.dir.join("result")).unwrap();
+    let outputs =
+        nix.build(&flake.installable(&format!("packages.{}.app", system())), &flake.dir.join("result")).unwrap();
     let closure = nix.closure(&outputs).unwrap();
 
     assert_eq!(closure.len(), 2, "{closure:?}");
@@ -247,7 +249,10 @@ fn resolve_finds_packages_by_name() {
     assert_eq!(resolved("cowsay").attr_path, format!("packages.{sys}.cowsay"));
     assert_eq!(resolved("hello").attr_path, format!("packages.{sys}.Hello"));
     assert_eq!(resolved("only-legacy").attr_path, format!("legacyPackages.{sys}.only-legacy"));
-    assert_eq!(resolved("python3packages.requests").attr_path, format!("legacyPackages.{sys}.python3Packages.requests"));
+    assert_eq!(
+        resolved("python3packages.requests").attr_path,
+        format!("legacyPackages.{sys}.python3Packages.requests")
+    );
     // A package set in `packages` is no package; the one in legacyPackages is.
     assert_eq!(resolved("notapackage").attr_path, format!("legacyPackages.{sys}.notapackage"));
 
@@ -274,12 +279,16 @@ fn resolve_tells_missing_attributes_from_broken_ones() {
         assert!(matches!(&error, NixError::AttrNotFound { name: n, .. } if n == name), "{name}: {error:?}");
     }
     let error = flake.resolve("broken").unwrap_err();
-    assert!(matches!(&error, NixError::Failed { log_tail } if log_tail.contains("this package is broken")), "{error:?}");
+    assert!(
+        matches!(&error, NixError::Failed { log_tail } if log_tail.contains("this package is broken")),
+        "{error:?}"
+    );
 }
 
 #[test]
 fn resolve_in_flakes_without_package_sets() {
-    let legacy_only = TestFlake::new("resolve-legacy-only", r#"{ legacyPackages.${system}.hello = mk "hello" "mkdir $out"; }"#);
+    let legacy_only =
+        TestFlake::new("resolve-legacy-only", r#"{ legacyPackages.${system}.hello = mk "hello" "mkdir $out"; }"#);
     assert_eq!(legacy_only.resolve("hello").unwrap().attr_path, format!("legacyPackages.{}.hello", system()));
 
     let neither = TestFlake::new("resolve-neither", r#"{ lib.x = 1; }"#);

@@ -17,7 +17,15 @@ fn podman_pulls_and_runs_a_package_image() {
     assert_eq!(podman.run(&["run", "--rm", &image]).trim(), HELLO);
     // The rootfs layer: /tmp, /etc/passwd, /bin symlinks; busybox composed in for a shell.
     let composed = format!("{}/hello/busybox", server.host());
-    let out = podman.run(&["run", "--rm", "--tls-verify=false", &composed, "sh", "-c", "hello; stat -c %a /tmp; head -1 /etc/passwd; readlink /bin/hello"]);
+    let out = podman.run(&[
+        "run",
+        "--rm",
+        "--tls-verify=false",
+        &composed,
+        "sh",
+        "-c",
+        "hello; stat -c %a /tmp; head -1 /etc/passwd; readlink /bin/hello",
+    ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], HELLO);
     assert_eq!(lines[1], "1777");
@@ -72,7 +80,8 @@ fn skopeo_copies_a_stream_layered_image_with_its_config() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
     let config_digest = manifest["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:");
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join(config_digest)).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join(config_digest)).unwrap()).unwrap();
     // Uncompressed: each layer's digest is its diff_id; the last is the customisation layer as built.
     let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
     let layers = manifest["layers"].as_array().unwrap();

@@ -35,7 +35,11 @@ fn skopeo_inspect(host: &str, name: &str, certs: &Path) -> Result<String, String
         120,
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if out.status.success() { Ok(text) } else { Err(text) }
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 struct TestCa {

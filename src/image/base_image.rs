@@ -127,7 +127,8 @@ mod tests {
         let layer = b"pretend this is a layer tarball".to_vec();
         let diff_id = Digest::of(&layer);
         let config = serde_json::json!({"config": {"Env": ["A=1"]}, "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}});
-        let manifest = serde_json::json!([{"Config": "cfg.json", "RepoTags": ["base:latest"], "Layers": ["abc/layer.tar"]}]);
+        let manifest =
+            serde_json::json!([{"Config": "cfg.json", "RepoTags": ["base:latest"], "Layers": ["abc/layer.tar"]}]);
         let mut builder = tar::Builder::new(Vec::new());
         add(&mut builder, "abc/layer.tar", &layer);
         add(&mut builder, "cfg.json", config.to_string().as_bytes());

@@ -66,7 +66,13 @@ impl LayeredImageConf {
         let mut config = if self.config.is_object() { self.config.clone() } else { serde_json::json!({}) };
         let Some(base) = base_config else { return config };
         let env_of = |v: &serde_json::Value| -> Vec<String> {
-            v.get("Env").and_then(|e| e.as_array()).into_iter().flatten().filter_map(|s| s.as_str()).map(String::from).collect()
+            v.get("Env")
+                .and_then(|e| e.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str())
+                .map(String::from)
+                .collect()
         };
         let mut merged: Vec<(String, String)> = Vec::new();
         for entry in env_of(base).into_iter().chain(env_of(&config)) {
@@ -110,7 +116,8 @@ impl DateTime {
         let (y, m, d) = civil_from_days(self.days);
         let seconds = self.micros_of_day / 1_000_000;
         let micros = self.micros_of_day % 1_000_000;
-        let mut out = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60);
+        let mut out =
+            format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60);
         if micros != 0 {
             out += &format!(".{micros:06}");
         }
@@ -254,7 +261,9 @@ mod tests {
             assert_eq!(c.created_iso().unwrap(), iso, "{text}");
             assert_eq!(c.ownership().unwrap().mtime, stamp, "{text}");
         }
-        for bad in ["", "yesterday", "2023-13-01", "2023-02-30", "2023-01-01T25:00", "2023-01-01T10:00:00.", "1969-12-31"] {
+        for bad in
+            ["", "yesterday", "2023-13-01", "2023-02-30", "2023-01-01T25:00", "2023-01-01T10:00:00.", "1969-12-31"]
+        {
             assert!(conf(bad, bad).ownership().is_err(), "{bad}");
         }
         assert!(conf("now", "now").created_iso().unwrap().ends_with("+00:00"));

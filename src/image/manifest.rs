@@ -199,7 +199,10 @@ mod tests {
         let docker: serde_json::Value = serde_json::from_slice(&index_json(ManifestFormat::Docker, &entries)).unwrap();
         assert_eq!(docker["mediaType"], DOCKER_MANIFEST_LIST);
         assert_eq!(docker["manifests"][0]["mediaType"], DOCKER_MANIFEST);
-        assert_eq!(docker["manifests"][1]["platform"], serde_json::json!({"architecture": "arm64", "os": "linux", "variant": "v8"}));
+        assert_eq!(
+            docker["manifests"][1]["platform"],
+            serde_json::json!({"architecture": "arm64", "os": "linux", "variant": "v8"})
+        );
         assert_eq!(docker["manifests"][1]["digest"], Digest::of(b"{\"b\":2}").to_string());
         assert_eq!(docker["manifests"][1]["size"], 7);
         let oci = index_json(ManifestFormat::Oci, &entries);

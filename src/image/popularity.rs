@@ -194,7 +194,8 @@ mod tests {
 
     #[test]
     fn diamond_bottom_comes_first() {
-        let diamond: &[(&str, &[&str])] = &[("top", &["left", "right"]), ("left", &["base"]), ("right", &["base"]), ("base", &[])];
+        let diamond: &[(&str, &[&str])] =
+            &[("top", &["left", "right"]), ("left", &["base"]), ("right", &["base"]), ("base", &[])];
         // base 1 + 1 + 1 + 2 = 5; left and right 2 each, tied and ordered by name.
         assert_eq!(layers(diamond, &["top"], 10), [["base"], ["left"], ["right"], ["top"]]);
     }
@@ -224,7 +225,10 @@ mod tests {
         let mut shuffled = closure(NIXPKGS_EXAMPLE);
         shuffled.reverse();
         let roots = [store("a")];
-        assert_eq!(layers_by_popularity(&shuffled, &roots, 4), layers_by_popularity(&closure(NIXPKGS_EXAMPLE), &roots, 4));
+        assert_eq!(
+            layers_by_popularity(&shuffled, &roots, 4),
+            layers_by_popularity(&closure(NIXPKGS_EXAMPLE), &roots, 4)
+        );
     }
 
     #[test]

@@ -113,7 +113,9 @@ mod tests {
         let a = package(&root, "a", &["bin/a", "share/man/a.1", "bin/both"]);
         let b = package(&root, "b", &["bin/b", "bin/both", "etc/passwd", "share/doc/b"]);
         fs::write(root.join("single-file"), "x").unwrap();
-        let bytes = write_rootfs_layer(Vec::new(), &[a.clone(), b.clone(), root.join("single-file")], &Ownership::default()).unwrap();
+        let bytes =
+            write_rootfs_layer(Vec::new(), &[a.clone(), b.clone(), root.join("single-file")], &Ownership::default())
+                .unwrap();
 
         let mut entries = BTreeMap::new();
         for entry in tar::Archive::new(&bytes[..]).entries().unwrap() {

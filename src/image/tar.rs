@@ -106,7 +106,8 @@ impl<W: Write> TarWriter<W> {
             self.append_symlink(name, fs::read_link(path)?.as_os_str().as_bytes(), owner)
         } else if file_type.is_dir() {
             self.append_dir(name, mode, owner)?;
-            let mut children: Vec<_> = fs::read_dir(path)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+            let mut children: Vec<_> =
+                fs::read_dir(path)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
             children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             let mut child_name = name.to_vec();
             for child in children {
@@ -120,7 +121,10 @@ impl<W: Write> TarWriter<W> {
             let mut file = File::open(path)?;
             self.append_file(name, mode, meta.size(), owner, &mut file)
         } else {
-            Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a file, directory or symlink", path.display())))
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a file, directory or symlink", path.display()),
+            ))
         }
     }
 
@@ -147,7 +151,8 @@ impl<W: Write> TarWriter<W> {
                 pax.push((key, value.to_vec()));
             }
         }
-        let mut numbers = [("uid", owner.uid, 8), ("gid", owner.gid, 8), ("size", entry.size, 12), ("mtime", owner.mtime, 12)];
+        let mut numbers =
+            [("uid", owner.uid, 8), ("gid", owner.gid, 8), ("size", entry.size, 12), ("mtime", owner.mtime, 12)];
         for (key, value, digits) in &mut numbers {
             if *value >= 8u64.pow(*digits - 1) {
                 pax.push((key, value.to_string().into_bytes()));

@@ -81,7 +81,12 @@ impl Nix {
     /// Nix 2.8 has no syntax for that, so the prefixes are pointed at a
     /// system no flake has; `--system` changes nothing else for an eval.
     /// `ATTR_PATH` `""` is the outputs themselves: it parses to no attribute.
-    pub(crate) fn eval_json_exact(&self, flake: &str, attr_path: &str, apply: &str) -> Result<serde_json::Value, NixError> {
+    pub(crate) fn eval_json_exact(
+        &self,
+        flake: &str,
+        attr_path: &str,
+        apply: &str,
+    ) -> Result<serde_json::Value, NixError> {
         let installable = format!("{flake}#{attr_path}");
         self.eval(&["--system", "flakeforge-no-such-system"], &installable, apply)
     }
@@ -99,9 +104,8 @@ impl Nix {
     pub fn closure(&self, paths: &[PathBuf]) -> Result<Vec<PathInfo>, NixError> {
         // With no paths nix would take the flake in the working directory.
         let Some(first) = paths.first() else { return Ok(Vec::new()) };
-        let stdout = Invocation::new(["path-info", "--recursive", "--json", "--"], log::Level::Debug)
-            .args(paths)
-            .run(self)?;
+        let stdout =
+            Invocation::new(["path-info", "--recursive", "--json", "--"], log::Level::Debug).args(paths).run(self)?;
         let store_dir = first.parent().unwrap_or(Path::new("/"));
         json::path_infos(&stdout, store_dir)
     }

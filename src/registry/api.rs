@@ -29,7 +29,10 @@ impl Registry {
         let route = route(&request.path);
         if request.method != "GET" && request.method != "HEAD" {
             let what = if route == Route::NotFound { "no such endpoint" } else { "this registry is read-only" };
-            return Err(RegistryError::new(ErrorCode::Unsupported, format!("{} is not supported: {what}", request.method)));
+            return Err(RegistryError::new(
+                ErrorCode::Unsupported,
+                format!("{} is not supported: {what}", request.method),
+            ));
         }
         match route {
             Route::Base => Ok(json_response(b"{}".to_vec())),
@@ -65,7 +68,10 @@ impl Registry {
             parse_digest(reference, ErrorCode::ManifestUnknown)?
         } else {
             let tag = Tag::parse(reference).ok_or_else(|| {
-                RegistryError::new(ErrorCode::ManifestInvalid, "invalid tag: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+                RegistryError::new(
+                    ErrorCode::ManifestInvalid,
+                    "invalid tag: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}",
+                )
             })?;
             let resolved = self.service.resolve(&name, &tag).map_err(|e| service_error(e, &name, Some(&tag)))?;
             resolved.manifests[&negotiate::manifest_format(request)].clone()
@@ -140,9 +146,7 @@ fn service_error(err: ServiceError, name: &RepoName, tag: Option<&Tag>) -> Regis
         None => name.to_string(),
     };
     match err {
-        ServiceError::NameUnknown(message) => {
-            RegistryError::new(ErrorCode::NameUnknown, format!("{image}: {message}"))
-        }
+        ServiceError::NameUnknown(message) => RegistryError::new(ErrorCode::NameUnknown, format!("{image}: {message}")),
         ServiceError::TagUnknown(message) => {
             RegistryError::new(ErrorCode::ManifestUnknown, format!("{image}: {message}"))
         }
@@ -171,7 +175,9 @@ fn parse_name(name: &str) -> Result<RepoName, RegistryError> {
 /// A malformed digest is DIGEST_INVALID; a well-formed one of another algorithm is simply unknown here.
 fn parse_digest(digest: &str, unknown: ErrorCode) -> Result<Digest, RegistryError> {
     digest.parse().map_err(|err| match err {
-        DigestError::Invalid => RegistryError::new(ErrorCode::DigestInvalid, "invalid digest: expected sha256:<64 hex digits>"),
+        DigestError::Invalid => {
+            RegistryError::new(ErrorCode::DigestInvalid, "invalid digest: expected sha256:<64 hex digits>")
+        }
         DigestError::Unsupported => RegistryError::new(unknown, "only sha256 digests are served here"),
     })
 }
@@ -189,12 +195,13 @@ fn with_link(response: Response, link: Option<String>) -> Response {
 
 /// `n` and `last` pagination over a sorted list, with the `Link` to the next page.
 fn paginate(items: Vec<String>, request: &Request) -> Result<(Vec<String>, Option<String>), RegistryError> {
-    let n = match request.query_param("n") {
-        Some(n) => Some(n.parse::<usize>().map_err(|_| {
-            RegistryError::new(ErrorCode::PaginationNumberInvalid, "n must be a non-negative integer")
-        })?),
-        None => None,
-    };
+    let n =
+        match request.query_param("n") {
+            Some(n) => Some(n.parse::<usize>().map_err(|_| {
+                RegistryError::new(ErrorCode::PaginationNumberInvalid, "n must be a non-negative integer")
+            })?),
+            None => None,
+        };
     let last = request.query_param("last");
     let rest: Vec<String> = items.into_iter().filter(|item| last.as_ref().is_none_or(|l| item > l)).collect();
     let Some(n) = n else { return Ok((rest, None)) };

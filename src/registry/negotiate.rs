@@ -67,6 +67,9 @@ mod tests {
         assert_eq!(manifest_format(&request(&[DOCKER_MANIFEST, OCI_MANIFEST])), ManifestFormat::Oci);
         let refused_oci = format!("{DOCKER_MANIFEST}, {OCI_MANIFEST};q=0");
         assert_eq!(manifest_format(&request(&[&refused_oci])), ManifestFormat::Docker);
-        assert_eq!(manifest_format(&request(&["application/vnd.docker.distribution.manifest.v2+json; q=0.5"])), ManifestFormat::Docker);
+        assert_eq!(
+            manifest_format(&request(&["application/vnd.docker.distribution.manifest.v2+json; q=0.5"])),
+            ManifestFormat::Docker
+        );
     }
 }

@@ -116,8 +116,25 @@ mod tests {
     fn invalid_names() {
         let long = "a".repeat(256);
         for name in [
-            "", "--option", "..", "a/../b", "a#b", "a?b", "A", "a/", "/a", "a//b", "a.", ".a", "a___b", "a..b", "a-.b",
-            "a%2Fb", "a b", "a\0b", long.as_str(),
+            "",
+            "--option",
+            "..",
+            "a/../b",
+            "a#b",
+            "a?b",
+            "A",
+            "a/",
+            "/a",
+            "a//b",
+            "a.",
+            ".a",
+            "a___b",
+            "a..b",
+            "a-.b",
+            "a%2Fb",
+            "a b",
+            "a\0b",
+            long.as_str(),
         ] {
             assert!(RepoName::parse(name).is_none(), "{name:?}");
         }

@@ -7,12 +7,25 @@
 pub enum Route<'a> {
     Base,
     Catalog,
-    Tags { name: &'a str },
-    Manifest { name: &'a str, reference: &'a str },
-    Blob { name: &'a str, digest: &'a str },
-    Referrers { name: &'a str, digest: &'a str },
+    Tags {
+        name: &'a str,
+    },
+    Manifest {
+        name: &'a str,
+        reference: &'a str,
+    },
+    Blob {
+        name: &'a str,
+        digest: &'a str,
+    },
+    Referrers {
+        name: &'a str,
+        digest: &'a str,
+    },
     /// Push endpoints (`blobs/uploads/...`): known, but not served here.
-    Upload { name: &'a str },
+    Upload {
+        name: &'a str,
+    },
     NotFound,
 }
 

@@ -126,7 +126,8 @@ fn conf_image(conf_path: &Path, system: &str, gcroots: Vec<PathBuf>) -> Result<I
     let mut base_config = None;
     if let Some(archive) = &conf.from_image {
         let archive = PathBuf::from(archive);
-        let base = BaseImage::open(&archive).map_err(|e| ServiceError::internal("reading the from_image archive", e))?;
+        let base =
+            BaseImage::open(&archive).map_err(|e| ServiceError::internal("reading the from_image archive", e))?;
         layers.extend(
             base.layers.iter().map(|l| LayerSource::BaseImage { archive: archive.clone(), member: l.member.clone() }),
         );
@@ -139,7 +140,8 @@ fn conf_image(conf_path: &Path, system: &str, gcroots: Vec<PathBuf>) -> Result<I
     layers.push(LayerSource::TarFile { path: Path::new(&conf.customisation_layer).join("layer.tar") });
 
     // The conf names the architecture; the system it was built for adds the variant (arm64 → v8).
-    let variant = Platform::of_nix_system(system).filter(|p| p.architecture == conf.architecture).and_then(|p| p.variant);
+    let variant =
+        Platform::of_nix_system(system).filter(|p| p.architecture == conf.architecture).and_then(|p| p.variant);
     let platform = Platform { architecture: conf.architecture.clone(), os: "linux".into(), variant };
     let image = ImageConfig {
         platform,
@@ -161,10 +163,8 @@ fn package_image(
     // One layer is flakeforge's own rootfs layer.
     let store_layers = popularity::layers_by_popularity(&closure, &outputs, config.max_layers.saturating_sub(1).max(1));
     let owner = Ownership::default();
-    let mut layers: Vec<LayerSource> = store_layers
-        .into_iter()
-        .map(|paths| LayerSource::StorePaths { paths, owner: owner.clone() })
-        .collect();
+    let mut layers: Vec<LayerSource> =
+        store_layers.into_iter().map(|paths| LayerSource::StorePaths { paths, owner: owner.clone() }).collect();
     layers.push(LayerSource::Rootfs { packages: outputs, owner });
 
     let mut image_config = serde_json::json!({ "Env": ["PATH=/bin"] });

@@ -33,8 +33,12 @@ impl Service {
     fn build_tag(&self, name: &RepoName, tag: &Tag) -> Result<ResolvedTag, ServiceError> {
         let systems = &self.config.systems;
         let results: Vec<Result<ImageRecord, ServiceError>> = std::thread::scope(|scope| {
-            let builds: Vec<_> = systems.iter().map(|system| scope.spawn(|| self.build_image(name, tag, system))).collect();
-            builds.into_iter().map(|b| b.join().unwrap_or_else(|_| Err(ServiceError::Internal("a build panicked".into())))).collect()
+            let builds: Vec<_> =
+                systems.iter().map(|system| scope.spawn(|| self.build_image(name, tag, system))).collect();
+            builds
+                .into_iter()
+                .map(|b| b.join().unwrap_or_else(|_| Err(ServiceError::Internal("a build panicked".into()))))
+                .collect()
         });
         if let [only] = results.as_slice() {
             return only.clone().map(|record| ResolvedTag { manifests: record.manifests });

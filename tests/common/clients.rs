@@ -112,8 +112,19 @@ impl Dockerd {
         let p = |name: &str| d.join(name).to_str().unwrap().to_string();
         let host = format!("unix://{}", socket.display());
         let args = [
-            "--data-root", &p("data"), "--exec-root", &p("exec"), "--pidfile", &p("pid"), "-H", &host,
-            "--storage-driver", "overlay2", "--iptables=false", "--ip6tables=false", "--bridge=none",
+            "--data-root",
+            &p("data"),
+            "--exec-root",
+            &p("exec"),
+            "--pidfile",
+            &p("pid"),
+            "-H",
+            &host,
+            "--storage-driver",
+            "overlay2",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
         ];
         let daemon = Daemon::start("dockerd", &args, dir, &socket);
         Dockerd { daemon, socket }

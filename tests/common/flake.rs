@@ -135,7 +135,14 @@ impl TestFlake {
         require_tool("git");
         run_ok(
             Command::new("git")
-                .args(["-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "init.defaultBranch=main"])
+                .args([
+                    "-c",
+                    "user.name=test",
+                    "-c",
+                    "user.email=test@example.invalid",
+                    "-c",
+                    "init.defaultBranch=main",
+                ])
                 .args(args)
                 .current_dir(self.path()),
             30,

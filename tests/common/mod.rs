@@ -2,7 +2,7 @@
 //! `flakeforge` binary on a free loopback port, a generated test flake built
 //! with busybox alone, and the container clients (skopeo, podman, dockerd,
 //! containerd) started by hand. A missing tool fails a test; nothing skips.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod clients;
 pub mod flake;

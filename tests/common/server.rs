@@ -70,7 +70,12 @@ impl FlakeforgeServer {
         Self::start_with_prepared(flake, extra, tls, |_| {})
     }
 
-    fn start_with_prepared(flake: &Path, extra: Vec<String>, tls: bool, prepare: impl FnOnce(&Path)) -> FlakeforgeServer {
+    fn start_with_prepared(
+        flake: &Path,
+        extra: Vec<String>,
+        tls: bool,
+        prepare: impl FnOnce(&Path),
+    ) -> FlakeforgeServer {
         let state = TestDir::new();
         prepare(&state.path().join("state"));
         let log = state.path().join("flakeforge.log");
@@ -177,7 +182,11 @@ impl FlakeforgeServer {
 pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> HttpResponse {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
-    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
     let mut headers = Vec::new();
     loop {
         line.clear();

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what flakeforge's tests, demo and benchmark need on a fresh
+# Debian 12 machine (run as root): Nix, busybox-static, the container
+# clients, qemu-user for arm64 images, and an offline Nix configuration.
+# Idempotent; quick when everything is there already.
+set -euo pipefail
+
+packages=(
+  nix-bin busybox-static git ca-certificates curl openssl procps python3
+  skopeo podman runc docker.io containerd docker-registry qemu-user-static
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# An arm64 busybox for multi-architecture test images.
+arm64_busybox=/opt/flakeforge-test/arm64/bin/busybox
+if [ ! -x "$arm64_busybox" ]; then
+  dpkg --print-foreign-architectures | grep -qx arm64 || { dpkg --add-architecture arm64; apt-get update -qq; }
+  scratch=$(mktemp -d)
+  chown _apt "$scratch" 2>/dev/null || true  # apt downloads as _apt
+  (cd "$scratch" && apt-get download -qq busybox-static:arm64 >/dev/null)
+  mkdir -p /opt/flakeforge-test/arm64
+  dpkg-deb -x "$scratch"/busybox-static_*_arm64.deb "$scratch/root"
+  install -D -m 0755 "$scratch/root/bin/busybox" "$arm64_busybox"
+  rm -rf "$scratch"
+fi
+
+# Run arm64 binaries through qemu (no systemd here to do it).
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || echo "warning: cannot mount binfmt_misc" >&2
+fi
+if [ -e /proc/sys/fs/binfmt_misc/register ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register \
+    || echo "warning: cannot register qemu-aarch64 with binfmt_misc" >&2
+fi
+
+# Nix as root without a daemon, offline: no sandbox, no build users, no binary cache.
+mkdir -p /etc/nix
+if ! grep -qs '^substituters =$' /etc/nix/nix.conf; then
+  cat > /etc/nix/nix.conf <<'CONF'
+experimental-features = nix-command flakes
+sandbox = false
+build-users-group =
+substituters =
+extra-platforms = aarch64-linux
+CONF
+fi

@@ -93,6 +93,43 @@ const FLAKE: &str = r#####"{
 }
 "#####;
 
+/// A flake with packages for x86_64-linux and aarch64-linux, each built
+/// with a busybox of its own architecture (arm64 through qemu-user).
+const MULTIARCH_FLAKE: &str = r#####"{
+  outputs = { self }:
+    let
+      forSystem = system: tools:
+        let
+          bb = "${tools}/busybox";
+          run = name: script: derivation { inherit name system; builder = bb; args = [ "sh" "-c" script ]; };
+          busybox = run "busybox" ''
+            ${bb} mkdir -p $out/bin
+            ${bb} cp ${bb} $out/bin/busybox
+            for a in $(${bb} --list); do [ $a = busybox ] || ${bb} ln -s busybox $out/bin/$a; done
+          '';
+          arch = run "arch" ''
+            ${bb} mkdir -p $out/bin
+            ${bb} printf '#!${busybox}/bin/sh\nexec ${busybox}/bin/uname -m\n' > $out/bin/arch
+            ${bb} chmod +x $out/bin/arch
+          '' // { meta.mainProgram = "arch"; };
+        in { inherit busybox arch; };
+      x86 = forSystem "x86_64-linux" (builtins.path { path = ./tools-x86_64; name = "tools-x86_64"; });
+      arm = forSystem "aarch64-linux" (builtins.path { path = ./tools-aarch64; name = "tools-aarch64"; });
+    in {
+      packages.x86_64-linux = x86 // {
+        onlyx86 = x86.arch;
+        brokenonarm = x86.arch;
+      };
+      packages.aarch64-linux = arm // {
+        brokenonarm = derivation { name = "broken"; system = "aarch64-linux"; builder = "/no/such/builder"; };
+      };
+    };
+}
+"#####;
+
+/// Where scripts/install-deps.sh puts Debian's arm64 busybox.
+const ARM64_BUSYBOX: &str = "/opt/flakeforge-test/arm64/bin/busybox";
+
 pub const HELLO: &str = "Hello from the flakeforge test flake";
 
 impl TestFlake {
@@ -121,6 +158,23 @@ impl TestFlake {
         };
         let text = FLAKE.replace("@SYSTEM@", &system).replace("@ARCH@", arch).replace("@HELLO@", hello);
         fs::write(self.path().join("flake.nix"), text).unwrap();
+    }
+
+    /// The two-architecture flake (needs qemu-user for aarch64 builds).
+    pub fn multiarch() -> TestFlake {
+        require_tool("nix");
+        assert!(Path::new(ARM64_BUSYBOX).is_file(), "{ARM64_BUSYBOX} is missing: run scripts/install-deps.sh");
+        assert!(
+            Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists(),
+            "qemu-aarch64 is not registered with binfmt_misc: run scripts/install-deps.sh"
+        );
+        let dir = TestDir::new();
+        for (arch, busybox) in [("x86_64", "/bin/busybox"), ("aarch64", ARM64_BUSYBOX)] {
+            fs::create_dir_all(dir.path().join(format!("tools-{arch}"))).unwrap();
+            fs::copy(busybox, dir.path().join(format!("tools-{arch}/busybox"))).unwrap();
+        }
+        fs::write(dir.path().join("flake.nix"), MULTIARCH_FLAKE).unwrap();
+        TestFlake { dir }
     }
 
     pub fn path(&self) -> &Path {

@@ -63,8 +63,16 @@ fn an_index_lists_both_platforms_and_clients_pick_theirs() {
     assert_eq!(run(&["--arch", "arm64"]), "aarch64");
 
     let docker = Dockerd::start();
-    assert_eq!(docker.docker(&["run", "--rm", "--network", "none", "--platform", "linux/arm64", &image]).trim(), "aarch64");
-    assert_eq!(docker.docker(&["run", "--rm", "--network", "none", "--pull", "always", "--platform", "linux/amd64", &image]).trim(), "x86_64");
+    assert_eq!(
+        docker.docker(&["run", "--rm", "--network", "none", "--platform", "linux/arm64", &image]).trim(),
+        "aarch64"
+    );
+    assert_eq!(
+        docker
+            .docker(&["run", "--rm", "--network", "none", "--pull", "always", "--platform", "linux/amd64", &image])
+            .trim(),
+        "x86_64"
+    );
 }
 
 #[test]

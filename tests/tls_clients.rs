@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::clients::Podman;
 use common::flake::HELLO;
-use common::{run_with_timeout, FlakeforgeServer, TestDir, TestFlake};
+use common::{run_capture, FlakeforgeServer, TestDir, TestFlake};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 
 /// `flakeforge ca --state-dir DIR`.
@@ -30,15 +30,11 @@ fn cert_dir(ca_pem: &str) -> TestDir {
 
 /// skopeo inspect over verified HTTPS: Ok, or the error text.
 fn skopeo_inspect(host: &str, name: &str, certs: &Path) -> Result<String, String> {
-    let out = run_with_timeout(
-        Command::new("skopeo").args(["inspect", "--cert-dir"]).arg(certs).arg(format!("docker://{host}/{name}")),
-        120,
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
+    let mut command = Command::new("skopeo");
+    command.args(["inspect", "--cert-dir"]).arg(certs).arg(format!("docker://{host}/{name}"));
+    match run_capture(&mut command, 120) {
+        (true, text) => Ok(text),
+        (false, text) => Err(text),
     }
 }
 

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::{require_tool, run_ok, run_with_timeout, wait_until, TestDir};
+use super::{require_tool, run_capture, run_ok, wait_until, TestDir};
 
 /// Debian's docker CLI: it matches Debian's dockerd (a newer CLI may sit earlier on PATH).
 const DOCKER: &str = "/usr/bin/docker";
@@ -53,9 +53,7 @@ impl Podman {
 
     /// Runs and returns (success, stdout + stderr).
     pub fn try_run(&self, args: &[&str]) -> (bool, String) {
-        let output = run_with_timeout(&mut self.command(args), 300);
-        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
+        run_capture(&mut self.command(args), 300)
     }
 }
 
@@ -142,9 +140,7 @@ impl Dockerd {
 
     /// Runs and returns (success, stdout + stderr).
     pub fn try_docker(&self, args: &[&str]) -> (bool, String) {
-        let output = run_with_timeout(&mut self.command(args), 300);
-        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
+        run_capture(&mut self.command(args), 300)
     }
 
     pub fn log(&self) -> String {

@@ -76,6 +76,13 @@ pub fn run_ok(command: &mut Command, seconds: u64) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Runs `command` and returns whether it succeeded, with its stdout and stderr together.
+pub fn run_capture(command: &mut Command, seconds: u64) -> (bool, String) {
+    let output = run_with_timeout(command, seconds);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
 /// Polls `check` every 50 ms until it holds or `seconds` pass.
 pub fn wait_until(seconds: u64, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(seconds);

@@ -142,3 +142,19 @@ fn a_full_disk_serves_without_caching() {
     drop(server);
     drop(disk);
 }
+
+#[test]
+fn a_cached_blob_cut_short_is_made_again() {
+    let flake = TestFlake::new();
+    let server = FlakeforgeServer::start(flake.path(), &[]);
+    let manifest = server.get("/v2/hello/manifests/latest").json();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let whole = server.get(&format!("/v2/hello/blobs/{layer}")).body;
+    // As a crash before the data reached the disk would leave it.
+    let file = server.state_dir().join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+    std::fs::write(&file, &whole[..whole.len() / 2]).unwrap();
+    let again = server.get(&format!("/v2/hello/blobs/{layer}"));
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, whole);
+    assert_eq!(std::fs::read(&file).unwrap(), whole, "the blob was not cached again whole");
+}

@@ -74,6 +74,15 @@ impl BlobStore {
         Some((file, size))
     }
 
+    /// Removes a blob that turned out to be damaged.
+    pub fn forget(&self, digest: &Digest) {
+        let mut index = self.index.lock().unwrap();
+        if let Some(size) = index.lru.pop(digest) {
+            index.total -= size;
+        }
+        let _ = fs::remove_file(self.path(digest));
+    }
+
     pub fn contains(&self, digest: &Digest) -> bool {
         self.index.lock().unwrap().lru.contains(digest)
     }
@@ -95,7 +104,7 @@ impl BlobStore {
     /// whole; then evicts down to the size limit. Returns the evicted digests.
     pub fn commit(&self, mut writer: CacheWriter, digest: &Digest, size: u64) -> Vec<Digest> {
         let Some(file) = writer.file.take() else { return Vec::new() };
-        let finished = file.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_data());
+        let finished = file.into_inner().map_err(|e| e.into_error()).map(drop);
         let kept = match finished {
             Ok(()) => fs::rename(&writer.path, self.path(digest)),
             Err(err) => Err(err),

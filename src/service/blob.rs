@@ -35,10 +35,17 @@ impl Service {
         if let Some(config) = self.meta.config(digest) {
             return Some(BlobSource::Bytes(config));
         }
+        let record = self.meta.layer(digest);
         if let Some((file, size)) = self.blobs.open_blob(digest) {
-            return Some(BlobSource::File(file, size));
+            // Blobs are not fsynced (that would halve cold generation): one
+            // cut short by a crash is dropped here and made again.
+            if record.as_ref().is_none_or(|r| r.size == size) {
+                return Some(BlobSource::File(file, size));
+            }
+            log::warn!("cached blob {digest} has {size} bytes, not the recorded size; making it again");
+            self.blobs.forget(digest);
         }
-        let record = self.meta.layer(digest)?;
+        let record = record?;
         record.source.is_available().then_some(BlobSource::Generate(record))
     }
 

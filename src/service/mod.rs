@@ -116,9 +116,10 @@ impl Service {
         }
         let mut names = Vec::new();
         for system in &self.config.systems {
-            let installable = format!("{}#packages.{system}", self.config.flake);
+            let attr_path = format!("packages.{system}");
             // A flake without packages for a system simply lists none for it.
-            if let Ok(serde_json::Value::Array(found)) = self.nix.eval_json(&installable, "builtins.attrNames") {
+            let listed = self.nix.eval_json_exact(&self.config.flake, &attr_path, "builtins.attrNames");
+            if let Ok(serde_json::Value::Array(found)) = listed {
                 names.extend(found.iter().filter_map(|n| n.as_str()).map(str::to_ascii_lowercase));
             }
         }

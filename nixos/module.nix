@@ -1,0 +1,536 @@
+# services.flakeforge: a container registry that builds images from a Nix
+# flake on demand, as a hardened systemd service.
+#
+# The service runs as a dynamic user (`flakeforge`) and reaches the store
+# through the Nix daemon: `nix eval` runs inside the service (it needs a
+# writable HOME for ~/.cache/nix, the daemon socket and, for git flakes,
+# git), builds run in the daemon.
+{
+  config,
+  lib,
+  pkgs,
+  utils,
+  ...
+}:
+let
+  inherit (lib)
+    literalExpression
+    mkIf
+    mkOption
+    types
+    ;
+
+  cfg = config.services.flakeforge;
+
+  # With DynamicUser these are symlinks into /var/lib/private and
+  # /var/cache/private, which only root and the service can enter.
+  stateDir = "/var/lib/flakeforge";
+  cacheDir = "/var/cache/flakeforge";
+
+  defaultSystems = [ pkgs.stdenv.hostPlatform.system ];
+
+  # "0.0.0.0" -> "0.0.0.0:5000"; "[::]" and "::" -> "[::]:5000".
+  listenArg =
+    address:
+    let
+      bracketed =
+        if lib.hasInfix ":" address && !lib.hasPrefix "[" address then "[${address}]" else address;
+    in
+    "${bracketed}:${toString cfg.port}";
+
+  bindsPrivilegedPort = cfg.port < 1024;
+
+  # The certificate tls.useACMEHost names; null when there is none (an
+  # assertion says so).
+  acmeCert = config.security.acme.certs.${cfg.tls.useACMEHost} or null;
+  acmeDirectory =
+    if acmeCert != null then acmeCert.directory else "/var/lib/acme/${cfg.tls.useACMEHost}";
+
+  # git refuses to read a repository owned by another user ("dubious
+  # ownership"); so does the libgit2 inside newer Nix. The flake a registry
+  # serves is trusted by whoever configured it (Nix evaluates its code), and
+  # it is usually owned by root or a deploy user, never by the dynamic user.
+  # Both git and libgit2 read $XDG_CONFIG_HOME/git/config as global config.
+  gitConfigHome = pkgs.writeTextDir "git/config" ''
+    [safe]
+    	directory = *
+  '';
+
+  tlsArgs =
+    if cfg.tls.mode == "off" then
+      [ "--no-tls" ]
+    else if cfg.tls.mode == "files" then
+      [
+        "--tls-cert"
+        cfg.tls.certFile
+        "--tls-key"
+        cfg.tls.keyFile
+      ]
+    else
+      lib.concatMap (name: [
+        "--hostname"
+        name
+      ]) cfg.tls.hostnames;
+
+  args = [
+    "${cfg.package}/bin/flakeforge"
+    "serve"
+    "--flake"
+    cfg.flake
+    "--state-dir"
+    stateDir
+    "--build-timeout"
+    (toString cfg.buildTimeout)
+    "--max-builds"
+    (toString cfg.maxBuilds)
+    "--cache-size"
+    (toString cfg.cacheSize)
+    "--compression"
+    cfg.compression
+    # The client that matches the system's daemon, not the one the package
+    # was wrapped with.
+    "--nix"
+    "${config.nix.package}/bin/nix"
+  ]
+  ++ lib.concatMap (address: [
+    "--listen"
+    (listenArg address)
+  ]) cfg.listen
+  ++ tlsArgs
+  # `--system` came with multi-arch images. The default (the host's system)
+  # is what flakeforge serves without the flag, so it is only passed when
+  # the list says something else, and older flakeforges keep working.
+  ++ lib.optionals (cfg.systems != defaultSystems) (
+    lib.concatMap (system: [
+      "--system"
+      system
+    ]) cfg.systems
+  )
+  ++ cfg.extraArgs;
+
+  # Prints the CA certificate clients must trust. It only reads: `flakeforge
+  # ca` would create a CA when there is none, and as root that would leave
+  # root-owned files in the service's state directory.
+  flakeforgeCa = pkgs.writeShellScriptBin "flakeforge-ca" ''
+    cert=${stateDir}/tls/ca.crt
+    if [ "$EUID" -ne 0 ]; then
+      echo "flakeforge-ca: run as root: $cert is readable only by root and the service" >&2
+      exit 1
+    fi
+    if [ ! -e "$cert" ]; then
+      echo "flakeforge-ca: no CA yet: flakeforge.service creates it when it first starts (systemctl start flakeforge)" >&2
+      exit 1
+    fi
+    exec ${pkgs.coreutils}/bin/cat -- "$cert"
+  '';
+
+  isAbsolute = path: path == null || lib.hasPrefix "/" path;
+in
+{
+  options.services.flakeforge = {
+    enable = lib.mkEnableOption "flakeforge, a container registry that builds images from a Nix flake on demand";
+
+    package = lib.mkPackageOption pkgs "flakeforge" { };
+
+    flake = mkOption {
+      type = types.str;
+      example = "github:me/my-images";
+      description = ''
+        The flake reference to serve. `registry:5000/NAME` is
+        `packages.<system>.NAME` of this flake; a tag other than `latest` is
+        a git ref of it. A local path must be outside /home and /root (the
+        service runs with `ProtectHome`) and readable by the service, for
+        example `/srv/images`; a local git work tree is served with its tags
+        and branches.
+      '';
+    };
+
+    systems = mkOption {
+      type = types.nonEmptyListOf types.str;
+      default = defaultSystems;
+      defaultText = literalExpression "[ pkgs.stdenv.hostPlatform.system ]";
+      example = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      description = ''
+        The Nix systems whose packages are served, each passed as
+        `--system` (with several, every tag is an image index of one image
+        per system). With the default, the host's own system, no flag is
+        passed: that is what flakeforge serves without one, and a
+        flakeforge from before multi-arch images has no `--system` flag.
+      '';
+    };
+
+    listen = mkOption {
+      type = types.nonEmptyListOf types.str;
+      default = [ "[::]" ];
+      example = [
+        "127.0.0.1"
+        "[::1]"
+      ];
+      description = ''
+        Addresses to listen on, each with {option}`port`. The default `[::]`
+        takes IPv6 and IPv4 connections alike (Linux's dual-stack sockets,
+        unless `net.ipv6.bindv6only` is set). Do not list `0.0.0.0` next to
+        `[::]`: both would bind the same IPv4 port and the second fails. On
+        a host without IPv6 at all (`ipv6.disable=1`) use `[ "0.0.0.0" ]`.
+      '';
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 5000;
+      description = ''
+        TCP port to listen on. A port below 1024 gives the service
+        `CAP_NET_BIND_SERVICE` (and nothing else).
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Whether to open {option}`port` in the firewall.";
+    };
+
+    tls = {
+      mode = mkOption {
+        type = types.enum [
+          "selfSigned"
+          "files"
+          "off"
+        ];
+        default = if cfg.tls.useACMEHost != null then "files" else "selfSigned";
+        defaultText = literalExpression ''if useACMEHost != null then "files" else "selfSigned"'';
+        description = ''
+          How the registry serves HTTPS:
+          - `selfSigned`: a certificate issued by flakeforge's own local CA,
+            kept in `/var/lib/flakeforge/tls/`, for {option}`tls.hostnames`
+            and the host's addresses. Clients must trust the CA: print it
+            with `flakeforge-ca` (as root).
+          - `files`: the certificate chain {option}`tls.certFile` and key
+            {option}`tls.keyFile` (PEM), re-read when they change, e.g. from
+            `security.acme` (see {option}`tls.useACMEHost`).
+          - `off`: plain HTTP. Clients must list the registry as insecure.
+        '';
+      };
+
+      hostnames = mkOption {
+        type = types.listOf types.str;
+        default = lib.optional (
+          cfg.tls.mode == "selfSigned" && config.networking.hostName != ""
+        ) config.networking.fqdnOrHostName;
+        defaultText = literalExpression ''
+          lib.optional (tls.mode == "selfSigned" && config.networking.hostName != "")
+            config.networking.fqdnOrHostName
+        '';
+        example = [
+          "registry.lan"
+          "10.0.0.7"
+        ];
+        description = ''
+          DNS names and IP addresses clients reach the registry by, put into
+          the self-signed certificate (`--hostname`) besides `localhost` and
+          the host's own addresses. Only for `tls.mode = "selfSigned"`.
+        '';
+      };
+
+      certFile = mkOption {
+        type = types.nullOr types.str;
+        default = if cfg.tls.useACMEHost != null then "${acmeDirectory}/fullchain.pem" else null;
+        defaultText = literalExpression ''
+          if useACMEHost != null
+          then "''${config.security.acme.certs.''${useACMEHost}.directory}/fullchain.pem"
+          else null
+        '';
+        example = "/var/lib/acme/registry.example.org/fullchain.pem";
+        description = ''
+          PEM certificate chain for `tls.mode = "files"`: an absolute path,
+          read at run time (never a Nix path, which would copy it into the
+          store). The service must be able to read it: see
+          {option}`supplementaryGroups`.
+        '';
+      };
+
+      keyFile = mkOption {
+        type = types.nullOr types.str;
+        default = if cfg.tls.useACMEHost != null then "${acmeDirectory}/key.pem" else null;
+        defaultText = literalExpression ''
+          if useACMEHost != null
+          then "''${config.security.acme.certs.''${useACMEHost}.directory}/key.pem"
+          else null
+        '';
+        example = "/var/lib/acme/registry.example.org/key.pem";
+        description = ''
+          PEM private key (RSA, ECDSA or Ed25519) of {option}`tls.certFile`,
+          an absolute path read at run time.
+        '';
+      };
+
+      useACMEHost = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "registry.example.org";
+        description = ''
+          Serve the certificate `security.acme.certs.<name>` obtains: sets
+          {option}`tls.mode` to `files`, {option}`tls.certFile` and
+          {option}`tls.keyFile` to `fullchain.pem` and `key.pem` in the
+          certificate's directory, and adds the certificate's group to the
+          service. Renewed certificates are picked up without a restart.
+        '';
+      };
+    };
+
+    supplementaryGroups = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "acme" ];
+      description = ''
+        Extra groups of the service's dynamic user, e.g. to read TLS files
+        (`tls.useACMEHost` adds its certificate's group by itself).
+      '';
+    };
+
+    cacheSize = mkOption {
+      type = types.either types.ints.positive (types.strMatching "[0-9]+ *([KkMmGgTt]([Ii]?[Bb])?|[Bb])?");
+      default = "10G";
+      example = "500M";
+      description = ''
+        Disk space for cached layer blobs in the state directory (bytes, or
+        with a binary unit: `500M`, `10G`, `1T`). The least recently used
+        blobs are evicted first and made again on demand.
+      '';
+    };
+
+    buildTimeout = mkOption {
+      type = types.ints.positive;
+      default = 1800;
+      description = "Seconds a `nix` invocation may take before its whole process group is killed.";
+    };
+
+    maxBuilds = mkOption {
+      type = types.ints.positive;
+      default = 2;
+      description = ''
+        Builds that run at once; up to 16 times as many wait, beyond that
+        clients get `TOOMANYREQUESTS`. The daemon's own limits
+        (`nix.settings.max-jobs`) apply on top.
+      '';
+    };
+
+    compression = mkOption {
+      type = types.enum [
+        "none"
+        "gzip"
+        "zstd"
+      ];
+      default = "gzip";
+      description = "Layer compression. `zstd` is faster and smaller; every current client pulls it, some old ones do not.";
+    };
+
+    logLevel = mkOption {
+      type = types.str;
+      default = "info";
+      example = "info,flakeforge::nix=debug";
+      description = "Log filter (`RUST_LOG`): `error`, `warn`, `info`, `debug`, `trace`, per module if wanted.";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "--max-layers"
+        "50"
+        "--tag-ttl"
+        "300"
+      ];
+      description = ''
+        More arguments for `flakeforge serve` (`flakeforge serve --help`).
+        Flags the other options already pass must not be repeated here.
+      '';
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/flakeforge.env";
+      description = ''
+        An absolute path to a file of `NAME=value` lines for the service's
+        environment, read by systemd at start (so it may be readable by
+        root only), e.g. `NIX_CONFIG=access-tokens = github.com=ghp_...` to
+        serve a private flake.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = config.nix.enable;
+        message = "services.flakeforge needs the Nix daemon: nix.enable must be true.";
+      }
+      {
+        assertion = cfg.port > 0;
+        message = "services.flakeforge.port must be between 1 and 65535.";
+      }
+      {
+        assertion =
+          let
+            anyV4 = lib.elem "0.0.0.0" cfg.listen;
+            anyV6 = lib.elem "[::]" cfg.listen || lib.elem "::" cfg.listen;
+          in
+          !(anyV4 && anyV6);
+        message = ''
+          services.flakeforge.listen has both 0.0.0.0 and [::]: on Linux a socket on [::]
+          takes IPv4 connections too, so the second bind of port ${toString cfg.port} fails.
+          Keep only "[::]" (both families) or only "0.0.0.0" (IPv4).
+        '';
+      }
+      {
+        assertion = cfg.tls.mode == "files" -> (cfg.tls.certFile != null && cfg.tls.keyFile != null);
+        message = ''services.flakeforge.tls.mode = "files" needs both tls.certFile and tls.keyFile (or tls.useACMEHost).'';
+      }
+      {
+        assertion = cfg.tls.mode != "files" -> (cfg.tls.certFile == null && cfg.tls.keyFile == null);
+        message = ''services.flakeforge.tls.certFile and tls.keyFile are only used with tls.mode = "files" (it is "${cfg.tls.mode}").'';
+      }
+      {
+        assertion = cfg.tls.hostnames != [ ] -> cfg.tls.mode == "selfSigned";
+        message = ''
+          services.flakeforge.tls.hostnames go into the self-signed certificate, but tls.mode is "${cfg.tls.mode}":
+          set tls.hostnames = [ ] or tls.mode = "selfSigned".
+        '';
+      }
+      {
+        assertion = cfg.tls.useACMEHost != null -> cfg.tls.mode == "files";
+        message = ''services.flakeforge.tls.useACMEHost serves files: it needs tls.mode = "files".'';
+      }
+      {
+        assertion = cfg.tls.useACMEHost != null -> acmeCert != null;
+        message = "services.flakeforge.tls.useACMEHost = \"${toString cfg.tls.useACMEHost}\" names no security.acme.certs entry.";
+      }
+      {
+        assertion = lib.all isAbsolute [
+          cfg.tls.certFile
+          cfg.tls.keyFile
+          cfg.environmentFile
+        ];
+        message = "services.flakeforge.tls.certFile, tls.keyFile and environmentFile must be absolute paths.";
+      }
+    ];
+
+    # DynamicUser: the user exists while the service runs and is named after
+    # it. extra-allowed-users adds to nix.settings.allowed-users (whose
+    # default is everyone) instead of replacing it.
+    nix.settings.extra-allowed-users = [ "flakeforge" ];
+
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
+
+    environment.systemPackages = mkIf (cfg.tls.mode == "selfSigned") [ flakeforgeCa ];
+
+    systemd.services.flakeforge = {
+      description = "flakeforge container registry";
+      wantedBy = [ "multi-user.target" ];
+      # Remote flakes are fetched by the service itself.
+      wants = [ "network-online.target" ];
+      after = [
+        "network-online.target"
+        "nix-daemon.socket"
+      ]
+      ++ lib.optionals (cfg.tls.useACMEHost != null) [
+        "acme-${cfg.tls.useACMEHost}.service"
+        "acme-selfsigned-${cfg.tls.useACMEHost}.service"
+      ];
+      requires = [ "nix-daemon.socket" ];
+
+      path = [
+        config.nix.package
+        pkgs.git
+      ];
+
+      environment = {
+        # Nix evaluates in this process and writes ~/.cache/nix.
+        HOME = cacheDir;
+        NIX_REMOTE = "daemon";
+        RUST_LOG = cfg.logLevel;
+        XDG_CONFIG_HOME = "${gitConfigHome}";
+      };
+
+      serviceConfig = {
+        ExecStart = utils.escapeSystemdExecArgs args;
+        # Re-reads tls.certFile and tls.keyFile at once (it also notices
+        # changed files by itself within a second).
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        EnvironmentFile = mkIf (cfg.environmentFile != null) cfg.environmentFile;
+        Restart = "on-failure";
+        RestartSec = 5;
+
+        DynamicUser = true;
+        User = "flakeforge";
+        Group = "flakeforge";
+        SupplementaryGroups =
+          cfg.supplementaryGroups
+          ++ lib.optional (cfg.tls.useACMEHost != null && acmeCert != null) acmeCert.group;
+        StateDirectory = "flakeforge";
+        StateDirectoryMode = "0700";
+        CacheDirectory = "flakeforge";
+        CacheDirectoryMode = "0700";
+        UMask = "0077";
+        LimitNOFILE = 65536;
+
+        # Capabilities: none, or just the one a port below 1024 needs.
+        CapabilityBoundingSet = if bindsPrivilegedPort then "CAP_NET_BIND_SERVICE" else "";
+        AmbientCapabilities = mkIf bindsPrivilegedPort [ "CAP_NET_BIND_SERVICE" ];
+        NoNewPrivileges = true;
+        # A user namespace would make CAP_NET_BIND_SERVICE useless: it must
+        # act on the host's network namespace.
+        PrivateUsers = !bindsPrivilegedPort;
+
+        # File system: read-only but for the state and cache directories
+        # (and a private /tmp). /nix/store is read, the daemon socket is
+        # connected to; nothing under /nix is written by this process.
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        PrivateMounts = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        # Hides other users' processes. (Not ProcSubset=pid: Nix and git
+        # may read /proc/sys, /proc/cpuinfo and the like.)
+        ProtectProc = "invisible";
+
+        # AF_UNIX: the Nix daemon's socket; AF_INET/AF_INET6: clients and
+        # fetching remote flakes; AF_NETLINK: getifaddrs, which lists the
+        # host's addresses for the self-signed certificate when listening on
+        # a wildcard address.
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+          "AF_NETLINK"
+        ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        # Nothing here generates code at run time: not the Rust binary, not
+        # the Nix evaluator (Boehm GC allocates no executable pages), not git.
+        MemoryDenyWriteExecute = true;
+        SystemCallArchitectures = "native";
+        # @system-service keeps what Nix needs, @resources included (it
+        # raises its stack limit with setrlimit). A call outside the list
+        # fails with EPERM instead of killing the process.
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        SystemCallErrorNumber = "EPERM";
+      };
+    };
+  };
+}

@@ -1,0 +1,97 @@
+# The flake the NixOS VM tests serve. No inputs and no nixpkgs, so that it
+# evaluates and builds inside a VM without network, and anywhere else with
+# nothing but Nix: everything is built with a static busybox that the user of
+# this flake puts at ./tools/busybox (the VM tests copy pkgsStatic.busybox
+# there; on Debian, busybox-static's /bin/busybox will do). Keep the file named
+# `busybox`: it picks its applet from argv[0].
+#
+# An optional ./greeting.txt changes what `hello` says, so that two git
+# revisions of this flake serve two different images (the tag test).
+#
+# Images: `hello` and `motd` (each with meta.mainProgram, so Cmd is set),
+# `hello/motd` composed of both, `busybox`.
+{
+  description = "flakeforge VM test images, built with busybox alone";
+
+  outputs =
+    { self }:
+    let
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems =
+        f:
+        builtins.listToAttrs (
+          map (system: {
+            name = system;
+            value = f system;
+          }) systems
+        );
+
+      tools = builtins.path {
+        path = ./tools;
+        name = "flakeforge-test-tools";
+      };
+      bb = "${tools}/busybox";
+
+      greeting =
+        if builtins.pathExists ./greeting.txt then
+          builtins.replaceStrings [ "\n" ] [ "" ] (builtins.readFile ./greeting.txt)
+        else
+          "Hello from flakeforge";
+      # A string as one single-quoted shell word.
+      shellQuote = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] s + "'";
+    in
+    {
+      packages = forAllSystems (
+        system:
+        let
+          busybox = derivation {
+            name = "busybox";
+            inherit system;
+            builder = bb;
+            args = [
+              "sh"
+              "-c"
+              ''
+                set -e
+                ${bb} mkdir -p $out/bin
+                ${bb} cp ${bb} $out/bin/busybox
+                for applet in $(${bb} --list); do
+                  [ "$applet" = busybox ] || ${bb} ln -s busybox $out/bin/$applet
+                done
+              ''
+            ];
+          };
+
+          # $out/bin/NAME: a busybox sh script running `text`.
+          script =
+            name: text:
+            derivation {
+              inherit name system text;
+              busybox = "${busybox}";
+              builder = bb;
+              args = [
+                "sh"
+                "-c"
+                ''
+                  set -e
+                  ${bb} mkdir -p $out/bin
+                  ${bb} printf '#!%s/bin/sh\nPATH=%s/bin\n%s\n' "$busybox" "$busybox" "$text" > $out/bin/${name}
+                  ${bb} chmod 0555 $out/bin/${name}
+                ''
+              ];
+            }
+            // {
+              meta.mainProgram = name;
+            };
+        in
+        {
+          inherit busybox;
+          hello = script "hello" ''printf '%s (%s)\n' ${shellQuote greeting} "$(uname -m)"'';
+          motd = script "motd" ''echo "Nix built me on demand."'';
+        }
+      );
+    };
+}

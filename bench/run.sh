@@ -50,9 +50,9 @@ done
 openssl_time=$best
 say "openssl dgst -sha256 (one core)" "$(mib_per_s "$bytes" "$openssl_time")"
 
-start_ff() { # state-dir port
+start_ff() { # state-dir port [more flags]
   "$ff" serve --flake "$flake" --listen "127.0.0.1:$2" --no-tls --state-dir "$1" --compression none \
-    --cache-size 100G --tag-ttl 0 >>"$work/ff.log" 2>&1 &
+    --cache-size 100G "${@:3}" >>"$work/ff.log" 2>&1 &
   ff_pid=$!
   pids+=("$ff_pid")
   wait_http "http://127.0.0.1:$2/v2/"
@@ -60,13 +60,13 @@ start_ff() { # state-dir port
 stop_ff() { kill "$ff_pid"; wait "$ff_pid" 2>/dev/null || true; }
 
 port=$(free_port)
-start_ff "$work/ff-state" "$port"
+start_ff "$work/ff-state" "$port" --tag-ttl 0
 oci='Accept: application/vnd.oci.image.manifest.v1+json'
 t0=$(now)
 curl -sf -H "$oci" "http://127.0.0.1:$port/v2/big/manifests/latest" >/dev/null
 cold=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { print b - a }')
 say "cold manifest (nix no-op build + all layers generated)" "$(printf '%.2f s, ' "$cold")$(mib_per_s "$bytes" "$cold")"
-# The same request again resolves the tag with Nix but generates nothing (--tag-ttl 0).
+# The same request again resolves the tag with Nix (--tag-ttl 0) but generates nothing.
 t0=$(now)
 curl -sf -H "$oci" "http://127.0.0.1:$port/v2/big/manifests/latest" >/dev/null
 resolve=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { print b - a }')

@@ -164,17 +164,19 @@ in
 
     listen = mkOption {
       type = types.nonEmptyListOf types.str;
-      default = [ "[::]" ];
+      default = [
+        "0.0.0.0"
+        "[::]"
+      ];
       example = [
         "127.0.0.1"
         "[::1]"
       ];
       description = ''
-        Addresses to listen on, each with {option}`port`. The default `[::]`
-        takes IPv6 and IPv4 connections alike (Linux's dual-stack sockets,
-        unless `net.ipv6.bindv6only` is set). Do not list `0.0.0.0` next to
-        `[::]`: both would bind the same IPv4 port and the second fails. On
-        a host without IPv6 at all (`ipv6.disable=1`) use `[ "0.0.0.0" ]`.
+        Addresses to listen on, each with {option}`port`. flakeforge binds
+        IPv6 addresses IPv6-only, so the default takes IPv4 and IPv6
+        connections on two sockets. On a host without IPv6 at all
+        (`ipv6.disable=1`) use `[ "0.0.0.0" ]`.
       '';
     };
 
@@ -372,19 +374,6 @@ in
       {
         assertion = cfg.port > 0;
         message = "services.flakeforge.port must be between 1 and 65535.";
-      }
-      {
-        assertion =
-          let
-            anyV4 = lib.elem "0.0.0.0" cfg.listen;
-            anyV6 = lib.elem "[::]" cfg.listen || lib.elem "::" cfg.listen;
-          in
-          !(anyV4 && anyV6);
-        message = ''
-          services.flakeforge.listen has both 0.0.0.0 and [::]: on Linux a socket on [::]
-          takes IPv4 connections too, so the second bind of port ${toString cfg.port} fails.
-          Keep only "[::]" (both families) or only "0.0.0.0" (IPv4).
-        '';
       }
       {
         assertion = cfg.tls.mode == "files" -> (cfg.tls.certFile != null && cfg.tls.keyFile != null);

@@ -1,7 +1,7 @@
 //! The command line: `flakeforge serve` and its flags, turned into a
 //! [`Config`] and a running server; `flakeforge ca` prints the local CA.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,7 +134,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let listeners = config
         .listen
         .iter()
-        .map(|addr| TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}")))
+        .map(|addr| http::listen::bind(*addr).map_err(|e| format!("cannot listen on {addr}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     let limits = config.limits.clone();
     log::info!(

@@ -4,6 +4,7 @@
 
 pub mod request;
 pub mod response;
+pub mod listen;
 pub mod server;
 
 pub use request::Request;

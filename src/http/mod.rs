@@ -2,9 +2,9 @@
 //! keep-alive and pipelining, bounded heads, connection counts and timeouts.
 //! Generic over the byte stream (see [`Transport`]) so TLS plugs in below it.
 
+pub mod listen;
 pub mod request;
 pub mod response;
-pub mod listen;
 pub mod server;
 
 pub use request::Request;

@@ -158,3 +158,30 @@ fn a_cached_blob_cut_short_is_made_again() {
     assert_eq!(again.body, whole);
     assert_eq!(std::fs::read(&file).unwrap(), whole, "the blob was not cached again whole");
 }
+
+#[test]
+fn an_image_that_leaves_the_cache_drops_its_gc_roots() {
+    let flake = TestFlake::new();
+    let server = FlakeforgeServer::start(flake.path(), &["--cache-size", "1"]);
+    let roots = |server: &FlakeforgeServer| -> Vec<String> {
+        let dir = server.state_dir().join("gcroots");
+        let mut found = Vec::new();
+        for image in std::fs::read_dir(&dir).unwrap() {
+            for link in std::fs::read_dir(image.unwrap().path()).unwrap() {
+                let link = link.unwrap().path();
+                if link.is_symlink() {
+                    found.push(std::fs::read_link(&link).unwrap().display().to_string());
+                }
+            }
+        }
+        found
+    };
+    assert_eq!(server.get("/v2/hello/manifests/latest").status, 200);
+    let hello_roots = roots(&server);
+    assert!(hello_roots.iter().any(|r| r.ends_with("-hello")), "{hello_roots:?}");
+    // Another image's blobs push all of hello's out of the one-byte cache.
+    assert_eq!(server.get("/v2/motd/manifests/latest").status, 200);
+    let after = roots(&server);
+    assert!(!after.iter().any(|r| r.ends_with("-hello")), "hello is still a GC root: {after:?}");
+    assert!(after.iter().any(|r| r.ends_with("-motd")), "{after:?}");
+}

@@ -103,3 +103,22 @@ fn skopeo_copies_a_stream_layered_image_with_its_config() {
     assert_eq!(config["created"], "1970-01-01T00:00:01+00:00");
     assert_eq!(config["os"], "linux");
 }
+
+#[test]
+fn images_on_a_base_image_and_bare_confs_run() {
+    let flake = TestFlake::new();
+    let server = FlakeforgeServer::start(flake.path(), &[]);
+    let podman = Podman::new();
+    let based = format!("{}/based", server.host());
+    podman.run(&["pull", "-q", "--tls-verify=false", &based]);
+    // The base image's layer comes first; its Env is merged under the image's own.
+    let out = podman.run(&["run", "--rm", &based, "sh", "-c", "cat /base-file; echo $BASE $IMAGE $PATH; /hello"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "from the base image");
+    assert!(lines[1].starts_with("1 based /nix/store/") && lines[1].ends_with("-busybox/bin"), "{out}");
+    assert_eq!(lines[2], HELLO);
+    // An attribute whose output is the conf itself (streamLayeredImageConf).
+    let bare = format!("{}/imgconf", server.host());
+    podman.run(&["pull", "-q", "--tls-verify=false", &bare]);
+    assert_eq!(podman.run(&["run", "--rm", &bare]).trim(), HELLO);
+}

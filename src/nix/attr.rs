@@ -40,9 +40,11 @@ const SYSTEMS_OF_PACKAGE_SETS: &str = "outputs: builtins.mapAttrs \
 const ATTR_NAMES: &str = "x: if builtins.isAttrs x then builtins.attrNames x else [ ]";
 
 /// `x ? conf` and `x.type` are cheap on a derivation; `meta` may be missing.
+/// A derivation's environment variables are attributes too: `conf` counts
+/// only when it is itself a derivation, as streamLayeredImage's is.
 const PACKAGE_INFO: &str = r#"x: {
     isDerivation = (x.type or null) == "derivation";
-    hasConf = x ? conf;
+    hasConf = x ? conf && ((x.conf.type or null) == "derivation");
     mainProgram = x.meta.mainProgram or null;
 }"#;
 

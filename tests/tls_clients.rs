@@ -134,6 +134,10 @@ fn given_certificate_files_are_served_checked_and_rotated() {
     let server = FlakeforgeServer::start_tls(flake.path(), &args);
     let first_dir = cert_dir(&first.cert.pem());
     skopeo_inspect(&server.host(), "hello", first_dir.path()).expect("the given certificate verifies");
+    let podman = Podman::new();
+    let image = format!("{}/hello", server.host());
+    podman.run(&["pull", "-q", "--cert-dir", first_dir.path().to_str().unwrap(), &image]);
+    assert_eq!(podman.run(&["run", "--rm", &image]).trim(), HELLO);
 
     // Rotation: the next connection sees the new certificate.
     let second = TestCa::new();

@@ -39,7 +39,8 @@ fn a_build_that_runs_too_long_is_killed_with_its_process_group() {
     let flake_dir = flake.path().display().to_string();
     wait_until(10, "the builder to be gone", || {
         let ps = run_ok(Command::new("ps").args(["-eo", "args"]), 10);
-        !ps.lines().any(|l| l.contains("sleep 600")) && !ps.lines().any(|l| l.contains("nix") && l.contains(&flake_dir))
+        !ps.lines().any(|l| l.contains(&flake.sleeper_command()))
+            && !ps.lines().any(|l| l.contains("nix") && l.contains(&flake_dir))
     });
 }
 
@@ -184,4 +185,30 @@ fn an_image_that_leaves_the_cache_drops_its_gc_roots() {
     let after = roots(&server);
     assert!(!after.iter().any(|r| r.ends_with("-hello")), "hello is still a GC root: {after:?}");
     assert!(after.iter().any(|r| r.ends_with("-motd")), "{after:?}");
+}
+
+#[test]
+fn builds_past_the_waiting_bound_get_toomanyrequests() {
+    let flake = TestFlake::new();
+    let server = FlakeforgeServer::start(flake.path(), &["--max-builds", "1", "--build-timeout", "6"]);
+    let server = &server;
+    std::thread::scope(|scope| {
+        // Holds the only build slot for the length of the timeout.
+        let sleeper = scope.spawn(move || server.get("/v2/sleeper/manifests/latest").status);
+        wait_until(10, "the sleeper build to start", || {
+            run_ok(Command::new("ps").args(["-eo", "args"]), 10).lines().any(|l| l.contains(&flake.sleeper_command()))
+        });
+        // 16 builds may wait for it (16 × --max-builds); the 17th is refused at once.
+        let waiting: Vec<_> = (0..16)
+            .map(|i| scope.spawn(move || server.get(&format!("/v2/waits{i}/manifests/latest")).status))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let refused = server.get("/v2/onetoomany/manifests/latest");
+        assert_eq!((refused.status, refused.error_code().as_str()), (429, "TOOMANYREQUESTS"));
+        assert_eq!(sleeper.join().unwrap(), 404);
+        // The waiting ones got their turn: these names do not exist.
+        for w in waiting {
+            assert_eq!(w.join().unwrap(), 404);
+        }
+    });
 }

@@ -15,6 +15,13 @@ pub struct TestFlake {
     dir: TestDir,
 }
 
+/// Seconds the `sleeper` build sleeps: different in every flake, so a test
+/// can find its own builder among the processes (`sleep <seconds>`).
+fn sleep_seconds(dir: &Path) -> u64 {
+    let unique: u64 = dir.to_string_lossy().bytes().fold(7, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    100_000 + unique % 900_000
+}
+
 /// The flake. `@SYSTEM@` is the host's system; `tools` holds busybox.
 const FLAKE: &str = r#####"{
   description = "flakeforge test flake";
@@ -80,7 +87,7 @@ const FLAKE: &str = r#####"{
         motd = script "motd" "message of the day";
         Upper = script "upper" "upper case";
         broken = run "broken" "echo flakeforge-test-build-failure >&2; exit 3" { };
-        sleeper = run "sleeper" "${bb} sleep 600" { };
+        sleeper = run "sleeper" "${bb} sleep @SLEEP@" { };
         img = image "img" { };
         based = image "based" { from_image = "${base}"; };
         # As the original flakeforge's streamLayeredImageConf: the output is the conf.
@@ -156,7 +163,11 @@ impl TestFlake {
             "aarch64" => "arm64",
             other => other,
         };
-        let text = FLAKE.replace("@SYSTEM@", &system).replace("@ARCH@", arch).replace("@HELLO@", hello);
+        let text = FLAKE
+            .replace("@SYSTEM@", &system)
+            .replace("@ARCH@", arch)
+            .replace("@HELLO@", hello)
+            .replace("@SLEEP@", &sleep_seconds(self.path()).to_string());
         fs::write(self.path().join("flake.nix"), text).unwrap();
     }
 
@@ -179,6 +190,11 @@ impl TestFlake {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// What `ps` shows of this flake's `sleeper` builder.
+    pub fn sleeper_command(&self) -> String {
+        format!("sleep {}", sleep_seconds(self.path()))
     }
 
     pub fn path_buf(&self) -> PathBuf {

@@ -5,8 +5,11 @@
 #   2. flake.nix, nixos/ and vm-tests/ call no fetcher and name no remote
 #      source that would need the network (inside the VMs there is none);
 #   3. the test flake the VMs serve has no inputs;
-#   4. with --build, or when a static busybox is at hand: the test flake
-#      builds here and its programs print what the VM tests expect.
+#   4. with --build, or when a static busybox is at hand: the test flake,
+#      with that busybox in tools/<this system>/, has packages for this
+#      system only, builds here and its programs print what the VM tests
+#      expect; with a tools/<other system>/ as well (evaluated, not built)
+#      it has both systems' packages, each built by its own system's busybox.
 # Exits non-zero on any problem.
 #
 # Usage: nixos/check-offline.sh [--build | --no-build]
@@ -110,27 +113,60 @@ static_busybox() { [ -x "$busybox" ] && ! ldd "$busybox" >/dev/null 2>&1; }
 if [ "$build" = yes ] || { [ "$build" = auto ] && static_busybox && command -v nix >/dev/null; }; then
   if ! static_busybox; then
     fail "--build needs a static busybox at $busybox (apt-get install busybox-static) or in \$BUSYBOX"
+  elif ! system=$(nix eval --impure --raw --expr builtins.currentSystem); then
+    fail "nix cannot tell this machine's system"
   else
+    case "$system" in
+      aarch64-linux) other=x86_64-linux ;;
+      *) other=aarch64-linux ;;
+    esac
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
-    mkdir -p "$work/flake/tools"
+    # The busybox is this machine's: it goes where the flake looks for this
+    # system's.
+    mkdir -p "$work/flake/tools/$system"
     cp "$test_flake" "$work/flake/flake.nix"
-    cp "$busybox" "$work/flake/tools/busybox"
+    cp "$busybox" "$work/flake/tools/$system/busybox"
     run_package() {
       local json out
       json=$(nix build --no-link --json "$work/flake#$1") || return 1
       out=$(printf '%s' "$json" | sed -n 's/.*"out":"\([^"]*\)".*/\1/p')
       "$out/bin/$1"
     }
+    systems=$(nix eval --json "$work/flake#packages" --apply builtins.attrNames) || systems="(eval failed)"
+    [ "$systems" = "[\"$system\"]" ] || fail "test flake: with tools/$system/ alone it has packages for $systems"
     got=$(run_package hello) || got="(build failed)"
     [ "$got" = "Hello from flakeforge ($(uname -m))" ] || fail "test flake: hello printed: $got"
     got=$(run_package motd) || got="(build failed)"
     [ "$got" = "Nix built me on demand." ] || fail "test flake: motd printed: $got"
+    got=$(run_package arch) || got="(build failed)"
+    [ "$got" = "$(uname -m)" ] || fail "test flake: arch printed: $got"
+    for package in motd arch; do
+      main=$(nix eval --raw "$work/flake#$package.meta.mainProgram") || main="(eval failed)"
+      [ "$main" = "$package" ] || fail "test flake: $package's meta.mainProgram is $main"
+    done
     echo 'Hello from v1' >"$work/flake/greeting.txt"
     got=$(run_package hello) || got="(build failed)"
     [ "$got" = "Hello from v1 ($(uname -m))" ] || fail "test flake: hello with greeting.txt printed: $got"
-    main=$(nix eval --raw "$work/flake#motd.meta.mainProgram") || main="(eval failed)"
-    [ "$main" = motd ] || fail "test flake: motd's meta.mainProgram is $main"
+
+    # Both systems, each from its own tools/<system>/. Only evaluated: the
+    # stand-in for the other system's busybox is this one with a byte
+    # appended, never run; it only has to differ from this system's.
+    mkdir -p "$work/flake/tools/$other"
+    cp "$busybox" "$work/flake/tools/$other/busybox"
+    printf '\n' >>"$work/flake/tools/$other/busybox"
+    systems=$(nix eval --json "$work/flake#packages" --apply builtins.attrNames) || systems="(eval failed)"
+    expected=$(printf '"%s"\n' "$system" "$other" | LC_ALL=C sort | paste -sd, -)
+    [ "$systems" = "[$expected]" ] || fail "test flake: with tools/$system/ and tools/$other/ it has packages for $systems"
+    for s in "$system" "$other"; do
+      want="$s $(sha256sum "$work/flake/tools/$s/busybox" | cut -d' ' -f1)"
+      for package in busybox hello motd arch; do
+        got=$(nix eval --raw "$work/flake#packages.$s.$package" \
+          --apply 'd: d.system + " " + builtins.hashFile "sha256" d.builder') || got="(eval failed)"
+        [ "$got" = "$want" ] ||
+          fail "test flake: packages.$s.$package is not built for $s by tools/$s/busybox (system and builder's sha256: $got)"
+      done
+    done
   fi
 else
   echo "check-offline: test flake not built (no static busybox at $busybox, or --no-build)"

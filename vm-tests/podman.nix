@@ -36,9 +36,9 @@
 
     with subtest("the served flake is a git repository with a tag"):
         registry.succeed(
-            "mkdir -p /srv/images/tools",
+            "mkdir -p /srv/images",
             "cp ${testFlake}/flake.nix /srv/images/flake.nix",
-            "cp ${testFlake}/tools/busybox /srv/images/tools/busybox",
+            "cp -R ${testFlake}/tools /srv/images/tools",
             "chmod -R u+w /srv/images",
             "echo 'Hello from v1' > /srv/images/greeting.txt",
             "git -C /srv/images init --quiet --initial-branch=main",

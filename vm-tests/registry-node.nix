@@ -22,8 +22,9 @@
     flake-registry = "";
   };
 
-  # Registered in the VM's Nix database: the test flake (with its busybox)
-  # and busybox itself, copied from when the served flake becomes a git repo.
+  # Registered in the VM's Nix database: the test flake (with its busyboxes,
+  # which the podman test copies into the git repository it serves) and the
+  # host system's static busybox itself.
   virtualisation.additionalPaths = [
     testFlake
     pkgs.pkgsStatic.busybox

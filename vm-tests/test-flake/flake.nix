@@ -1,22 +1,29 @@
 # The flake the NixOS VM tests serve. No inputs and no nixpkgs, so that it
 # evaluates and builds inside a VM without network, and anywhere else with
-# nothing but Nix: everything is built with a static busybox that the user of
-# this flake puts at ./tools/busybox (the VM tests copy pkgsStatic.busybox
-# there; on Debian, busybox-static's /bin/busybox will do). Keep the file named
-# `busybox`: it picks its applet from argv[0].
+# nothing but Nix: everything for a system is built with a static busybox for
+# that system, which the user of this flake puts at ./tools/<system>/busybox
+# (./tools/x86_64-linux/busybox, ./tools/aarch64-linux/busybox). A system has
+# packages only when its ./tools/<system> exists, so a copy with one
+# architecture's busybox serves that architecture alone. The VM tests copy
+# pkgsStatic.busybox there, and for the multiarch test the other system's
+# from pkgsCross; on Debian, busybox-static's /bin/busybox will do for the
+# host's system. Keep the file named `busybox`: it picks its applet from
+# argv[0].
 #
 # An optional ./greeting.txt changes what `hello` says, so that two git
 # revisions of this flake serve two different images (the tag test).
 #
-# Images: `hello` and `motd` (each with meta.mainProgram, so Cmd is set),
-# `hello/motd` composed of both, `busybox`.
+# Images: `hello`, `motd` and `arch` (each with meta.mainProgram, so Cmd is
+# set; `arch` prints `uname -m`, the machine it runs on), `hello/motd`
+# composed of `hello` and `motd`, `busybox`.
 {
   description = "flakeforge VM test images, built with busybox alone";
 
   outputs =
     { self }:
     let
-      systems = [
+      # The systems whose busybox is at hand.
+      systems = builtins.filter (system: builtins.pathExists ./tools/${system}) [
         "x86_64-linux"
         "aarch64-linux"
       ];
@@ -28,12 +35,6 @@
             value = f system;
           }) systems
         );
-
-      tools = builtins.path {
-        path = ./tools;
-        name = "flakeforge-test-tools";
-      };
-      bb = "${tools}/busybox";
 
       greeting =
         if builtins.pathExists ./greeting.txt then
@@ -47,6 +48,12 @@
       packages = forAllSystems (
         system:
         let
+          tools = builtins.path {
+            path = ./tools/${system};
+            name = "flakeforge-test-tools-${system}";
+          };
+          bb = "${tools}/busybox";
+
           busybox = derivation {
             name = "busybox";
             inherit system;
@@ -91,6 +98,7 @@
           inherit busybox;
           hello = script "hello" ''printf '%s (%s)\n' ${shellQuote greeting} "$(uname -m)"'';
           motd = script "motd" ''echo "Nix built me on demand."'';
+          arch = script "arch" "uname -m";
         }
       );
     };

@@ -10,10 +10,12 @@ cargo build --release --locked
 state=$(mktemp -d)
 server=
 trap '[ -z "$server" ] || { kill "$server"; wait "$server" || true; }; rm -rf "$state"' EXIT
-# Outside this git work tree: Nix would only see the files git tracks, and tools/ is not one.
-cp -r examples/demo "$state/demo"
-mkdir -p "$state/demo/tools"
-cp /bin/busybox "$state/demo/tools/busybox"
+# The VM tests' flake, which needs nothing but a static busybox for the
+# host's system; copied out of this git work tree, where Nix would only see
+# the files git tracks (and tools/ is not one).
+cp -r vm-tests/test-flake "$state/demo"
+mkdir -p "$state/demo/tools/$(uname -m)-linux"
+cp /bin/busybox "$state/demo/tools/$(uname -m)-linux/busybox"
 target/release/flakeforge serve --flake "$state/demo" --listen 127.0.0.1:5000 --no-tls \
   --state-dir "$state/flakeforge" &
 server=$!

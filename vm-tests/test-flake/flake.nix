@@ -54,42 +54,43 @@
           };
           bb = "${tools}/busybox";
 
-          busybox = derivation {
-            name = "busybox";
-            inherit system;
-            builder = bb;
-            args = [
-              "sh"
-              "-c"
-              ''
-                set -e
-                ${bb} mkdir -p $out/bin
-                ${bb} cp ${bb} $out/bin/busybox
-                for applet in $(${bb} --list); do
-                  [ "$applet" = busybox ] || ${bb} ln -s busybox $out/bin/$applet
-                done
-              ''
-            ];
-          };
+          # A derivation built by the busybox shell running `script`.
+          run =
+            name: script: env:
+            derivation (
+              {
+                inherit name system;
+                builder = bb;
+                args = [
+                  "sh"
+                  "-c"
+                  ("set -e\n" + script)
+                ];
+              }
+              // env
+            );
+
+          busybox = run "busybox" ''
+            ${bb} mkdir -p $out/bin
+            ${bb} cp ${bb} $out/bin/busybox
+            for applet in $(${bb} --list); do
+              [ "$applet" = busybox ] || ${bb} ln -s busybox $out/bin/$applet
+            done
+          '' { };
 
           # $out/bin/NAME: a busybox sh script running `text`.
           script =
             name: text:
-            derivation {
-              inherit name system text;
-              busybox = "${busybox}";
-              builder = bb;
-              args = [
-                "sh"
-                "-c"
-                ''
-                  set -e
-                  ${bb} mkdir -p $out/bin
-                  ${bb} printf '#!%s/bin/sh\nPATH=%s/bin\n%s\n' "$busybox" "$busybox" "$text" > $out/bin/${name}
-                  ${bb} chmod 0555 $out/bin/${name}
-                ''
-              ];
-            }
+            run name
+              ''
+                ${bb} mkdir -p $out/bin
+                ${bb} printf '#!%s/bin/sh\nPATH=%s/bin\n%s\n' "$busybox" "$busybox" "$text" > $out/bin/${name}
+                ${bb} chmod 0555 $out/bin/${name}
+              ''
+              {
+                inherit text;
+                busybox = "${busybox}";
+              }
             // {
               meta.mainProgram = name;
             };

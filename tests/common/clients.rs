@@ -1,12 +1,17 @@
 //! Container clients as the tests use them, each with its state under its
 //! own scratch directory: skopeo, podman (with the settings this machine
-//! needs), and dockerd and containerd started by hand and stopped by PID.
+//! needs), and dockerd and containerd started by hand and stopped by PID;
+//! also Debian's docker-registry, the reference registry that stands in for
+//! flakeforge when the harness itself is checked.
 
 use std::fs;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use super::{require_tool, run_capture, run_ok, wait_until, TestDir};
+use super::server::{http_request, HttpResponse};
+use super::{free_port, require_tool, run_capture, run_ok, wait_until, TestDir};
 
 /// Debian's docker CLI: it matches Debian's dockerd (a newer CLI may sit earlier on PATH).
 const DOCKER: &str = "/usr/bin/docker";
@@ -57,14 +62,15 @@ impl Podman {
     }
 }
 
-/// A daemon started by hand, killed on drop.
+/// A daemon started by hand, stopped on drop.
 struct Daemon {
     child: Child,
     dir: TestDir,
 }
 
 impl Daemon {
-    fn start(program: &str, args: &[&str], dir: TestDir, socket: &Path) -> Daemon {
+    /// Starts `program`, logging to a file under `dir`; returns once `ready` holds.
+    fn start(program: &str, args: &[&str], dir: TestDir, mut ready: impl FnMut() -> bool) -> Daemon {
         require_tool(program);
         let log = fs::File::create(dir.path().join(format!("{program}.log"))).unwrap();
         let child = Command::new(program)
@@ -79,7 +85,7 @@ impl Daemon {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("{program} exited ({status}): {}", daemon.log(program));
             }
-            socket.exists()
+            ready()
         });
         daemon
     }
@@ -90,7 +96,16 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM first, so that the daemon undoes its own mounts and stops its
+    /// shims (dockerd killed outright leaves its data root mounted); SIGKILL
+    /// if it has not exited within 10 s.
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the PID of our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -124,7 +139,7 @@ impl Dockerd {
             "--ip6tables=false",
             "--bridge=none",
         ];
-        let daemon = Daemon::start("dockerd", &args, dir, &socket);
+        let daemon = Daemon::start("dockerd", &args, dir, || socket.exists());
         Dockerd { daemon, socket }
     }
 
@@ -170,11 +185,46 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let daemon = Daemon::start("containerd", &["--config", config.to_str().unwrap()], dir, &socket);
+        let daemon = Daemon::start("containerd", &["--config", config.to_str().unwrap()], dir, || socket.exists());
         Containerd { _daemon: daemon, socket }
     }
 
     pub fn ctr(&self, args: &[&str]) -> String {
         run_ok(Command::new("ctr").arg("--address").arg(&self.socket).args(args), 300)
+    }
+}
+
+/// Debian's docker-registry (CNCF distribution) on a free loopback port, with
+/// its storage under its own scratch directory.
+pub struct DockerRegistry {
+    _daemon: Daemon,
+    addr: SocketAddr,
+}
+
+impl DockerRegistry {
+    pub fn start() -> DockerRegistry {
+        let dir = TestDir::new();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("storage").display()
+            ),
+        )
+        .unwrap();
+        let ready = || TcpStream::connect(addr).is_ok();
+        let daemon = Daemon::start("docker-registry", &["serve", config.to_str().unwrap()], dir, ready);
+        DockerRegistry { _daemon: daemon, addr }
+    }
+
+    /// `127.0.0.1:PORT`, as image references start.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        http_request(self.addr, method, path, headers)
     }
 }

@@ -1,7 +1,8 @@
 //! What the integration tests share: scratch directories, the real
 //! `flakeforge` binary on a free loopback port, a generated test flake built
 //! with busybox alone, and the container clients (skopeo, podman, dockerd,
-//! containerd) started by hand. A missing tool fails a test; nothing skips.
+//! containerd) started by hand, with docker-registry as a stand-in registry
+//! for checking the harness itself. A missing tool fails a test; nothing skips.
 #![allow(dead_code, unused_imports)]
 
 pub mod clients;
@@ -19,6 +20,11 @@ use std::time::{Duration, Instant};
 
 /// Nix settings that work offline, as root, without a daemon.
 pub const NIX_CONFIG: &str = "experimental-features = nix-command flakes\nsandbox = false\nbuild-users-group =\nsubstituters =\nextra-platforms = aarch64-linux\n";
+
+/// A loopback port free right now (for a server to bind just after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 /// Panics with a clear message when `tool` is not on PATH: tests fail, never skip.
 pub fn require_tool(tool: &str) {

@@ -3,12 +3,12 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{wait_until, TestDir, NIX_CONFIG};
+use super::{free_port, wait_until, TestDir, NIX_CONFIG};
 
 pub struct FlakeforgeServer {
     child: Option<Child>,
@@ -40,10 +40,6 @@ impl HttpResponse {
     pub fn error_code(&self) -> String {
         self.json()["errors"][0]["code"].as_str().unwrap_or_default().to_string()
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl FlakeforgeServer {
@@ -166,16 +162,21 @@ impl FlakeforgeServer {
     }
 
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-        let mut stream = TcpStream::connect(self.addr()).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.host());
-        for (name, value) in headers {
-            head += &format!("{name}: {value}\r\n");
-        }
-        head += "\r\n";
-        stream.write_all(head.as_bytes()).unwrap();
-        read_response(&mut BufReader::new(stream), method == "HEAD")
+        http_request(self.addr(), method, path, headers)
     }
+}
+
+/// One HTTP/1.1 request to `addr` on a connection of its own; the whole answer.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head += &format!("{name}: {value}\r\n");
+    }
+    head += "\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    read_response(&mut BufReader::new(stream), method == "HEAD")
 }
 
 /// Reads one response: Content-Length, chunked, or to the end.

@@ -22,7 +22,24 @@ impl TestDir {
 }
 
 impl Drop for TestDir {
+    /// Detaches first whatever is still mounted inside (podman's storage,
+    /// a daemon's data root, a test's tmpfs): a mount point cannot be removed.
     fn drop(&mut self) {
+        unmount_under(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Detaches every mount under `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // The fifth field is the mount point (no scratch path has a space to escape).
+    let mut points: Vec<&str> =
+        mountinfo.lines().filter_map(|line| line.split(' ').nth(4)).filter(|p| Path::new(p).starts_with(dir)).collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.len()));
+    for point in points {
+        let point = std::ffi::CString::new(point).unwrap();
+        // SAFETY: a NUL-terminated path; a failure only leaves the mount in place.
+        unsafe { libc::umount2(point.as_ptr(), libc::MNT_DETACH) };
     }
 }

@@ -8,6 +8,8 @@
 //! - [`nix`]: the `nix` subprocess driver: attribute lookup, builds, closures.
 //! - [`image`]: image assembly: layer tarballs, configs and manifests.
 //! - [`cache`]: what is kept on disk and in memory between requests and restarts.
+//! - [`reference`], [`media_type`], [`digest`]: the validated names, tags,
+//!   manifest forms and digests every layer above shares.
 
 pub mod cache;
 pub mod cli;
@@ -15,7 +17,9 @@ pub mod config;
 pub mod digest;
 pub mod http;
 pub mod image;
+pub mod media_type;
 pub mod nix;
+pub mod reference;
 pub mod registry;
 pub mod service;
 pub mod tls;

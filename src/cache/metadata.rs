@@ -15,7 +15,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::image::layer::LayerRecord;
 use crate::image::manifest::Platform;
-use crate::registry::negotiate::ManifestFormat;
+use crate::media_type::ManifestFormat;
 
 /// An image as built: its manifests in both forms, its layers, its GC roots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

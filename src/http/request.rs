@@ -2,6 +2,7 @@
 //! heads off a connection within the size and time limits.
 
 use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -24,6 +25,8 @@ pub struct Request {
     pub query: Option<String>,
     /// Header names as sent; look them up with [`Request::header`].
     pub headers: Vec<(String, String)>,
+    /// The client's address (the TCP peer), for limits and logs per client.
+    pub peer: SocketAddr,
 }
 
 impl Request {
@@ -237,6 +240,8 @@ fn parse_head(buffer: &[u8], max_bytes: usize) -> Result<Option<(usize, Head)>, 
             .iter()
             .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
             .collect(),
+        // The connection fills it in; a head alone does not know it.
+        peer: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
     };
     let version = if parsed.version == Some(0) { Version::Http10 } else { Version::Http11 };
     let connection_says = |token: &str| {
@@ -270,7 +275,13 @@ mod tests {
     use super::{parse_head, Head, Rejection, Request, Version, BAD_VERSION, MALFORMED, TOO_LARGE};
 
     fn request_with_query(query: &str) -> Request {
-        Request { method: "GET".into(), path: "/".into(), query: Some(query.into()), headers: Vec::new() }
+        Request {
+            method: "GET".into(),
+            path: "/".into(),
+            query: Some(query.into()),
+            headers: Vec::new(),
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+        }
     }
 
     fn head(raw: &str) -> Head {

@@ -215,7 +215,10 @@ pub fn handle_connection<T: Transport + ?Sized>(
     let mut out = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, stream);
     let mut idle_timeout = limits.head_timeout;
     loop {
-        let Some(incoming) = heads.next_head(&mut **out.get_mut(), idle_timeout, limits) else { return };
+        let Some(mut incoming) = heads.next_head(&mut **out.get_mut(), idle_timeout, limits) else { return };
+        if let Ok(head) = &mut incoming.head {
+            head.request.peer = peer;
+        }
         let (response, delivery) = match &incoming.head {
             Ok(head) => respond(head, handler, peer),
             Err(rejection) => (

@@ -6,10 +6,9 @@ use serde::Serialize;
 use super::compress::Compression;
 use super::layer::LayerRecord;
 use crate::digest::Digest;
-use crate::registry::negotiate::{ManifestFormat, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
-
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+use crate::media_type::{
+    ManifestFormat, DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST,
+};
 
 /// An OCI platform: what a Nix system is called in image configs and indexes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::error::{ErrorCode, RegistryError};
-use super::negotiate::{self, OCI_INDEX};
-use super::reference::{RepoName, Tag};
+use super::negotiate;
 use super::routes::{route, Route};
 use crate::digest::{Digest, DigestError};
 use crate::http::{Handler, Request, Response, StreamBody};
 use crate::image::manifest::media_type_of;
+use crate::media_type::OCI_INDEX;
+use crate::reference::{RepoName, Tag};
 use crate::service::{BlobSource, Service, ServiceError};
 
 pub struct Registry {
@@ -79,7 +80,7 @@ impl Registry {
         let manifest = self.service.manifest(&digest).ok_or_else(|| {
             RegistryError::new(ErrorCode::ManifestUnknown, format!("manifest {digest} is not known here"))
         })?;
-        let media_type = media_type_of(&manifest).unwrap_or_else(|| negotiate::OCI_MANIFEST.to_string());
+        let media_type = media_type_of(&manifest).unwrap_or_else(|| crate::media_type::OCI_MANIFEST.to_string());
         Ok(Response::new(200)
             .header("Content-Type", media_type)
             .header("Docker-Content-Digest", digest.to_string())

@@ -1,10 +1,9 @@
 //! The OCI Distribution API, pull side (Docker Registry V2 compatible):
-//! names and references, routing, content negotiation, errors, handlers.
+//! routing, content negotiation, errors, handlers.
 
 pub mod api;
 pub mod error;
 pub mod negotiate;
-pub mod reference;
 pub mod routes;
 
 pub use api::Registry;

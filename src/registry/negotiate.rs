@@ -2,18 +2,7 @@
 //! schema 2 for clients that ask only for Docker types.
 
 use crate::http::Request;
-
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// Which of the two manifest forms a client gets for a tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub enum ManifestFormat {
-    Oci,
-    Docker,
-}
+use crate::media_type::{ManifestFormat, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 
 /// The media types the client accepts with a quality above zero, over all `Accept` headers.
 fn accepted(request: &Request) -> Vec<String> {
@@ -53,6 +42,7 @@ mod tests {
             path: "/".into(),
             query: None,
             headers: accept.iter().map(|a| ("Accept".to_string(), a.to_string())).collect(),
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::cache::{GcRoot, ImageRecord};
 use crate::digest::Digest;
 use crate::image::layer::{self, LayerRecord, LayerSource};
 use crate::image::manifest;
-use crate::registry::negotiate::ManifestFormat;
+use crate::media_type::ManifestFormat;
 
 impl Service {
     /// The stored image for `plan`, generating what is not stored yet.

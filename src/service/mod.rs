@@ -15,9 +15,9 @@ use std::io;
 use crate::cache::{BlobStore, MetadataStore, TagCache};
 use crate::config::Config;
 use crate::digest::Digest;
+use crate::media_type::ManifestFormat;
 use crate::nix::{Nix, NixError};
-use crate::registry::negotiate::ManifestFormat;
-use crate::registry::reference::RepoName;
+use crate::reference::RepoName;
 use flight::{BuildSlots, Flights};
 
 /// Why a name or tag could not be served. Messages are for clients: no server paths.

@@ -17,7 +17,7 @@ use crate::image::layer::LayerSource;
 use crate::image::manifest::{ImageConfig, Platform};
 use crate::image::{popularity, Ownership};
 use crate::nix::{attr, flakeref, Nix};
-use crate::registry::reference::{RepoName, Tag};
+use crate::reference::{RepoName, Tag};
 
 /// Everything needed to generate an image, before any layer is written.
 #[derive(Debug, Clone, Serialize)]

@@ -8,8 +8,8 @@ use std::time::Instant;
 use super::{plan, ResolvedTag, Service, ServiceError};
 use crate::cache::ImageRecord;
 use crate::image::manifest;
-use crate::registry::negotiate::ManifestFormat;
-use crate::registry::reference::{RepoName, Tag};
+use crate::media_type::ManifestFormat;
+use crate::reference::{RepoName, Tag};
 
 impl Service {
     /// The manifests for `name:tag`, building the image if needed. Concurrent

@@ -26,6 +26,8 @@
           ./Cargo.lock
           ./rustfmt.toml
           ./src
+          # The service settings `flakeforge systemd-unit` compiles in.
+          ./nixos/service.json
           # Integration tests (compiled by clippy --all-targets) and the test
           # helpers and data the unit tests include from there.
           ./tests

@@ -22,10 +22,17 @@ let
 
   cfg = config.services.flakeforge;
 
-  # With DynamicUser these are symlinks into /var/lib/private and
-  # /var/cache/private, which only root and the service can enter.
+  # The service's settings that every distribution shares (user,
+  # directories, hardening), also rendered into contrib/systemd/ by
+  # `flakeforge systemd-unit`: one source, so the two cannot drift apart.
+  shared = builtins.fromJSON (builtins.readFile ./service.json);
+  sharedServiceConfig =
+    builtins.foldl' (settings: group: settings // group.settings) { } shared.service
+    // lib.optionalAttrs bindsPrivilegedPort shared.privilegedPort.settings;
+
+  # StateDirectory of nixos/service.json. With DynamicUser it is a symlink
+  # into /var/lib/private, which only root and the service can enter.
   stateDir = "/var/lib/flakeforge";
-  cacheDir = "/var/cache/flakeforge";
 
   defaultSystems = [ pkgs.stdenv.hostPlatform.system ];
 
@@ -437,10 +444,9 @@ in
         pkgs.git
       ];
 
-      environment = {
-        # Nix evaluates in this process and writes ~/.cache/nix.
-        HOME = cacheDir;
-        NIX_REMOTE = "daemon";
+      # HOME (Nix evaluates in this process and writes ~/.cache/nix) and
+      # NIX_REMOTE come from nixos/service.json.
+      environment = shared.environment // {
         RUST_LOG = cfg.logLevel;
         XDG_CONFIG_HOME = "${gitConfigHome}";
       };
@@ -451,75 +457,14 @@ in
         # changed files by itself within a second).
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         EnvironmentFile = mkIf (cfg.environmentFile != null) cfg.environmentFile;
-        Restart = "on-failure";
-        RestartSec = 5;
 
-        DynamicUser = true;
-        User = "flakeforge";
-        Group = "flakeforge";
         SupplementaryGroups =
           cfg.supplementaryGroups
           ++ lib.optional (cfg.tls.useACMEHost != null && acmeCert != null) acmeCert.group;
-        StateDirectory = "flakeforge";
-        StateDirectoryMode = "0700";
-        CacheDirectory = "flakeforge";
-        CacheDirectoryMode = "0700";
-        UMask = "0077";
-        LimitNOFILE = 65536;
-
-        # Capabilities: none, or just the one a port below 1024 needs.
-        CapabilityBoundingSet = if bindsPrivilegedPort then "CAP_NET_BIND_SERVICE" else "";
-        AmbientCapabilities = mkIf bindsPrivilegedPort [ "CAP_NET_BIND_SERVICE" ];
-        NoNewPrivileges = true;
-        # A user namespace would make CAP_NET_BIND_SERVICE useless: it must
-        # act on the host's network namespace.
-        PrivateUsers = !bindsPrivilegedPort;
-
-        # File system: read-only but for the state and cache directories
-        # (and a private /tmp). /nix/store is read, the daemon socket is
-        # connected to; nothing under /nix is written by this process.
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        PrivateMounts = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        # Hides other users' processes. (Not ProcSubset=pid: Nix and git
-        # may read /proc/sys, /proc/cpuinfo and the like.)
-        ProtectProc = "invisible";
-
-        # AF_UNIX: the Nix daemon's socket; AF_INET/AF_INET6: clients and
-        # fetching remote flakes; AF_NETLINK: getifaddrs, which lists the
-        # host's addresses for the self-signed certificate when listening on
-        # a wildcard address.
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_INET"
-          "AF_INET6"
-          "AF_NETLINK"
-        ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        # Nothing here generates code at run time: not the Rust binary, not
-        # the Nix evaluator (Boehm GC allocates no executable pages), not git.
-        MemoryDenyWriteExecute = true;
-        SystemCallArchitectures = "native";
-        # @system-service keeps what Nix needs, @resources included (it
-        # raises its stack limit with setrlimit). A call outside the list
-        # fails with EPERM instead of killing the process.
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
-        SystemCallErrorNumber = "EPERM";
-      };
+      }
+      # Everything else (user, directories, hardening) is shared with the
+      # unit for other distributions: nixos/service.json.
+      // sharedServiceConfig;
     };
   };
 }

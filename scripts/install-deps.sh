@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what flakeforge's tests, demo and benchmark need on a fresh
 # Debian 12 machine (run as root): Nix, busybox-static, the container
-# clients, qemu-user for arm64 images, and an offline Nix configuration.
+# clients, qemu-user for arm64 images, QEMU and debootstrap for the VM tests
+# (tests/vm/), and an offline Nix configuration.
 # Idempotent; quick when everything is there already.
 set -euo pipefail
 
 packages=(
   nix-bin busybox-static git ca-certificates curl openssl procps python3
   skopeo podman runc docker.io containerd docker-registry qemu-user-static
+  kmod cpio xz-utils e2fsprogs
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -17,6 +19,31 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The VM tests (tests/vm/): QEMU, the arm64 guests' firmware, debootstrap
+# and socat from bookworm-backports, because bookworm's qemu-system 7.2
+# conflicts with the qemu-utils 10 some images carry, and 7.2 has no
+# `-netdev stream`. kmod (depmod) and cpio make the arm64 guest's initramfs.
+if ! grep -rqs '^Suites:.*bookworm-backports\|^deb .* bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+  apt-get update -qq
+fi
+vm_packages=(qemu-system-x86 qemu-system-arm qemu-efi-aarch64 debootstrap socat)
+vm_missing=()
+for p in "${vm_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || vm_missing+=("$p")
+done
+if ((${#vm_missing[@]})); then
+  echo "installing from bookworm-backports: ${vm_missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports --no-install-recommends \
+    "${vm_missing[@]}" >/dev/null
 fi
 
 # An arm64 busybox for multi-architecture test images.

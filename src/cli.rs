@@ -1,5 +1,6 @@
 //! The command line: `flakeforge serve` and its flags, turned into a
-//! [`Config`] and a running server; `flakeforge ca` prints the local CA.
+//! [`Config`] and a running server; `flakeforge ca` prints the local CA;
+//! `flakeforge systemd-unit` prints the unit for Debian-family hosts.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use crate::http::{self, ServerLimits};
 use crate::image::compress::Compression;
 use crate::registry::Registry;
 use crate::service::Service;
+use crate::systemd_unit::{self, UnitOptions};
 use crate::tls::{self, CertFiles, TlsOptions};
 
 /// flakeforge: a container registry that builds images from a Nix flake on demand.
@@ -29,6 +31,19 @@ struct Cli {
 enum Command {
     Serve(ServeArgs),
     Ca(CaArgs),
+    SystemdUnit(SystemdUnitArgs),
+}
+
+/// Print flakeforge.service for hosts with Debian's Nix (nix-bin, nix-setup-systemd): Debian, Ubuntu, Raspberry Pi OS.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "systemd-unit")]
+struct SystemdUnitArgs {
+    /// the installed flakeforge program (default: /usr/local/bin/flakeforge)
+    #[argh(option, default = "String::from(systemd_unit::DEFAULT_BINARY)")]
+    binary: String,
+    /// for a port below 1024: grant CAP_NET_BIND_SERVICE (and no user namespace)
+    #[argh(switch)]
+    privileged_port: bool,
 }
 
 /// Print the local certificate authority's certificate (PEM) for clients to trust; creates it if missing.
@@ -109,6 +124,11 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Ca(args) => print_ca(args),
+        Command::SystemdUnit(args) => {
+            let options = UnitOptions { binary: args.binary, privileged_port: args.privileged_port };
+            print!("{}", systemd_unit::render(&options)?);
+            Ok(())
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`cache`]: what is kept on disk and in memory between requests and restarts.
 //! - [`reference`], [`media_type`], [`digest`]: the validated names, tags,
 //!   manifest forms and digests every layer above shares.
+//! - [`systemd_unit`]: the systemd unit for Debian-family hosts, from the
+//!   settings the NixOS module shares (`nixos/service.json`).
 
 pub mod cache;
 pub mod cli;
@@ -22,4 +24,5 @@ pub mod nix;
 pub mod reference;
 pub mod registry;
 pub mod service;
+pub mod systemd_unit;
 pub mod tls;

@@ -78,16 +78,18 @@ pub fn render(options: &UnitOptions) -> Result<String, UnitError> {
         "# Re-reads the certificate files at once (changed files are noticed within\n\
          # a second anyway; the local CA's server certificate only on a reload).\n\
          ExecReload=/bin/kill -HUP $MAINPID\n\
-         Environment=RUST_LOG=info\n\
-         # git refuses repositories of other users (\"dubious ownership\"); the\n\
+         Environment=RUST_LOG=info\n",
+    );
+    for (name, value) in &shared.environment {
+        let _ = writeln!(unit, "Environment={name}={}", scalar(name, value)?);
+    }
+    unit.push_str(
+        "# git refuses repositories of other users (\"dubious ownership\"); the\n\
          # served flake is trusted anyway: Nix evaluates its code.\n\
          Environment=GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*\n\
          # Debian's Nix daemon socket directory is 0770 root:nix-users.\n\
          SupplementaryGroups=nix-users\n",
     );
-    for (name, value) in &shared.environment {
-        let _ = writeln!(unit, "Environment={name}={}", scalar(name, value)?);
-    }
     let mut groups: Vec<&Group> = shared.service.iter().collect();
     if options.privileged_port {
         groups.push(&shared.privileged_port);
@@ -176,7 +178,10 @@ mod tests {
     #[test]
     fn renders_lists_as_one_line_each_and_booleans_as_nixos_does() {
         let unit = unit(false);
-        assert_eq!(lines_of(&unit, "SystemCallFilter"), ["SystemCallFilter=@system-service", "SystemCallFilter=~@privileged"]);
+        assert_eq!(
+            lines_of(&unit, "SystemCallFilter"),
+            ["SystemCallFilter=@system-service", "SystemCallFilter=~@privileged"]
+        );
         assert_eq!(lines_of(&unit, "RestrictAddressFamilies").len(), 4);
         assert_eq!(lines_of(&unit, "DynamicUser"), ["DynamicUser=true"]);
         assert_eq!(lines_of(&unit, "CapabilityBoundingSet"), ["CapabilityBoundingSet="]);

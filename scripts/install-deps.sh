@@ -6,25 +6,33 @@
 # Idempotent; quick when everything is there already.
 set -euo pipefail
 
-packages=(
-  nix-bin busybox-static git ca-certificates curl openssl procps python3
-  skopeo podman runc docker.io containerd docker-registry qemu-user-static
-  kmod cpio xz-utils e2fsprogs
-)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "installing: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# Installs those of the packages not installed yet: install_missing
+# [apt-get options --] package...
+install_missing() {
+  local options=() missing=() p
+  if [[ " $* " == *" -- "* ]]; then
+    while [ "$1" != -- ]; do options+=("$1"); shift; done
+    shift
+  fi
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "installing: ${missing[*]} ${options[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${options[@]}" "${missing[@]}" >/dev/null
+  fi
+}
 
-# The VM tests (tests/vm/): QEMU, the arm64 guests' firmware, debootstrap
-# and socat from bookworm-backports, because bookworm's qemu-system 7.2
-# conflicts with the qemu-utils 10 some images carry, and 7.2 has no
-# `-netdev stream`. kmod (depmod) and cpio make the arm64 guest's initramfs.
+install_missing \
+  nix-bin busybox-static git ca-certificates curl openssl procps python3 \
+  skopeo podman runc docker.io containerd docker-registry qemu-user-static \
+  kmod cpio xz-utils e2fsprogs binutils
+
+# The VM tests (tests/vm/): QEMU, debootstrap and socat from
+# bookworm-backports, because bookworm's qemu-system 7.2 conflicts with the
+# qemu-utils 10 some machines carry. kmod (depmod), cpio and xz make the
+# arm64 guest's initramfs, binutils strips the binary for the guests.
 if ! grep -rqs '^Suites:.*bookworm-backports\|^deb .* bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
   cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SOURCES'
 Types: deb
@@ -33,18 +41,9 @@ Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
-  apt-get update -qq
 fi
-vm_packages=(qemu-system-x86 qemu-system-arm qemu-efi-aarch64 debootstrap socat)
-vm_missing=()
-for p in "${vm_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || vm_missing+=("$p")
-done
-if ((${#vm_missing[@]})); then
-  echo "installing from bookworm-backports: ${vm_missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports --no-install-recommends \
-    "${vm_missing[@]}" >/dev/null
-fi
+install_missing -t bookworm-backports --no-install-recommends -- \
+  qemu-system-x86 qemu-system-arm debootstrap socat
 
 # An arm64 busybox for multi-architecture test images.
 arm64_busybox=/opt/flakeforge-test/arm64/bin/busybox

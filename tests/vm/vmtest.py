@@ -301,14 +301,13 @@ def check_hardening(registry):
         have = shown.get(prop)
         want = expected_property(name, value)
         if name == "RestrictAddressFamilies":
-            ok = have is not None and set(have.split()) == set(value)
+            if have is None or set(have.split()) != set(value):
+                problems.append(f"{prop}: systemctl show says {have!r}, service.json {value!r}")
         elif name == "SystemCallFilter":
-            ok = check_syscall_filter(registry, value, have, problems)
-        else:
-            ok = have == want
-        if not ok:
+            problems += syscall_filter_problems(registry, value, have or "")
+        elif have != want:
             problems.append(f"{prop}: systemctl show says {have!r}, service.json {want!r}")
-    have_env = dict(item.partition("=")[::2] for item in shown.get("Environment", "").split())
+    have_env = dict(item.partition("=")[::2] for item in shlex.split(shown.get("Environment", "")))
     for name, value in environment.items():
         if have_env.get(name) != value:
             problems.append(f"Environment {name}: {have_env.get(name)!r}, service.json {value!r}")
@@ -329,25 +328,22 @@ def check_hardening(registry):
     log(f"registry: {len(settings)} settings and {len(environment)} environment variables as in service.json")
 
 
-def check_syscall_filter(registry, value, have, problems):
-    """The allow-list systemd shows must be exactly what the filter lines mean."""
-    if have is None:
-        return False
+def syscall_filter_problems(registry, value, have):
+    """The allow-list systemd shows must be what the filter lines mean."""
     allowed, denied = set(), set()
     for entry in value:
         target = denied if entry.startswith("~") else allowed
         target.update(syscall_group(registry, entry.lstrip("~")))
     expected = allowed - denied
-    shown = set(have.lstrip("~").split())
+    shown = set(have.split())
     # Calls this architecture does not have are missing from what systemd
-    # shows (riscv_hwprobe on x86_64): only calls beyond the filter count.
+    # shows (riscv_hwprobe on x86_64): only calls beyond the filter count,
+    # and the filter must be an allow-list that lets Nix raise its limits.
+    log(f"registry: {len(shown)} system calls allowed; the filter names {len(expected - shown)} more "
+        f"that this architecture lacks: {' '.join(sorted(expected - shown))}")
     if have.startswith("~") or shown - expected or "setrlimit" not in shown:
-        problems.append(
-            f"SystemCallFilter: {len(shown)} calls allowed, expected {len(expected)}; "
-            f"extra {sorted(shown - expected)[:10]}"
-        )
-    log(f"registry: {len(shown)} system calls allowed; the filter names {len(expected - shown)} more that this architecture lacks: {' '.join(sorted(expected - shown))}")
-    return True  # reported in detail above
+        return [f"SystemCallFilter: {len(shown)} calls allowed, expected {len(expected)}; extra {sorted(shown - expected)[:10]}"]
+    return []
 
 
 def syscall_group(registry, name):

@@ -33,9 +33,21 @@ impl RepoName {
         segments
     }
 
-    /// The name with its packages in canonical order: one build and cache key per image.
+    /// `a/b` as written: image `b` of directory `a`, if `a` turns out to be
+    /// an image directory (else the packages `a` and `b` composed).
+    pub fn directory_and_image(&self) -> Option<(&str, &str)> {
+        let (directory, image) = self.0.split_once('/')?;
+        (!image.contains('/')).then_some((directory, image))
+    }
+
+    /// The key of one build and cache entry: the packages in canonical
+    /// order, but two segments as written, since `a/b` may be image `b` of
+    /// directory `a` while `b/a` is not (composed, both give the same image).
     pub fn canonical(&self) -> String {
-        self.packages().join("/")
+        match self.directory_and_image() {
+            Some(_) => self.0.clone(),
+            None => self.packages().join("/"),
+        }
     }
 }
 
@@ -144,7 +156,12 @@ mod tests {
     fn canonical_order() {
         let a = RepoName::parse("jq/curl/jq").unwrap();
         assert_eq!(a.packages(), ["curl", "jq"]);
-        assert_eq!(a.canonical(), RepoName::parse("curl/jq").unwrap().canonical());
+        assert_eq!(a.canonical(), RepoName::parse("curl/jq/curl").unwrap().canonical());
+        assert_eq!(a.directory_and_image(), None);
+        let two = RepoName::parse("myapp/web").unwrap();
+        assert_eq!(two.directory_and_image(), Some(("myapp", "web")));
+        assert_eq!(two.canonical(), "myapp/web");
+        assert_eq!(RepoName::parse("hello").unwrap().directory_and_image(), None);
     }
 
     #[test]

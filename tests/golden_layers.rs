@@ -1,4 +1,5 @@
-//! Layer tarballs are byte for byte those of nixpkgs' `stream_layered_image.py`.
+//! Layer tarballs are byte for byte those of the tools flakeforge stands in
+//! for: nixpkgs' `stream_layered_image.py` and nix2container.
 //!
 //! The expected digests were computed once, by hand, by running the
 //! script's `archive_paths_to` (CPython 3.11's `tarfile`, which writes
@@ -6,12 +7,20 @@
 //! store paths named below, after the same mode normalisation this test
 //! does (git keeps only the executable bit, and the umask varies). The test
 //! writes the same trees from a temporary copy under those archive names.
+//!
+//! For nix2container, by running its own `TarPaths` (`nix/tar.go`,
+//! `nix/graph.go`, `nix/utils.go` of nlewo/nix2container at 20d3395, built
+//! with Go 1.23) over the fixture with a few more entries (a symlink to a
+//! 120-byte target, a 60-byte directory name), with the options below: the
+//! rewrites move the temporary copy to those store paths (or to `/`), so the
+//! digests do not depend on where the copy is.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use flakeforge::digest::HashingWriter;
+use flakeforge::image::nix2container::layer::{write_layer, LayerPath};
 use flakeforge::image::tar::TarWriter;
 use flakeforge::image::Ownership;
 
@@ -46,6 +55,26 @@ impl Fixture {
             tar.append_tree_as(&self.dir.join(local), archive_name.as_bytes(), owner).unwrap();
         }
         let (digest, size, _) = tar.finish().unwrap().finish();
+        (digest.hex().to_string(), size)
+    }
+}
+
+impl Fixture {
+    /// What the nix2container cases add: a long symlink target, a name that fits ustar's prefix field.
+    fn with_more_entries(self) -> Fixture {
+        std::os::unix::fs::symlink("t".repeat(120), self.dir.join("tree/link-long")).unwrap();
+        let mid = self.dir.join("tree").join("m".repeat(60));
+        fs::create_dir(&mid).unwrap();
+        fs::set_permissions(&mid, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(mid.join("x"), "mid").unwrap();
+        fs::set_permissions(mid.join("x"), fs::Permissions::from_mode(0o644)).unwrap();
+        self
+    }
+
+    /// The nix2container layer of `paths` (JSON, `@DIR@` standing for the copy).
+    fn nix2container_layer(&self, paths: &str) -> (String, u64) {
+        let paths: Vec<LayerPath> = serde_json::from_str(&paths.replace("@DIR@", self.dir.to_str().unwrap())).unwrap();
+        let (digest, size, _) = write_layer(HashingWriter::new(std::io::sink()), &paths).unwrap().finish();
         (digest.hex().to_string(), size)
     }
 }
@@ -104,5 +133,43 @@ fn a_store_path_that_is_a_file() {
     assert_eq!(
         fixture.layer(&[("single", SINGLE)], &root()),
         ("42e8ec7aa19d85a20a03a666977b710c39609fd869730b9bcfedaa8e7a62160a".to_string(), 10240)
+    );
+}
+
+#[test]
+fn nix2container_store_paths() {
+    let fixture = Fixture::new("n2c-store").with_more_entries();
+    let paths = format!(
+        r#"[{{"path": "@DIR@/tree", "options": {{"rewrite": {{"regex": "^@DIR@/tree", "repl": "{TREE}"}}}}}}]"#
+    );
+    assert_eq!(
+        fixture.nix2container_layer(&paths),
+        ("e5d16b0aa66fd28bfa61d59258641058b33329d832be5fc614ab97cda5a79f3c".to_string(), 425472)
+    );
+}
+
+#[test]
+fn nix2container_perms_with_large_ids_and_long_names() {
+    let fixture = Fixture::new("n2c-perms").with_more_entries();
+    let paths = format!(
+        r#"[{{"path": "@DIR@/tree", "options": {{"rewrite": {{"regex": "^@DIR@/tree", "repl": "{TREE}"}}, "perms": [
+              {{"regex": "/bin", "mode": "0700", "uid": 1000, "gid": 100, "uname": "user", "gname": "users"}},
+              {{"regex": "\\.txt$", "mode": "0600", "uid": 3000000, "gid": 0, "uname": "a-user-name-longer-than-thirty-two-bytes"}}]}}}},
+            {{"path": "@DIR@/single", "options": {{"rewrite": {{"regex": "^@DIR@/single", "repl": "{SINGLE}"}}}}}}]"#
+    );
+    assert_eq!(
+        fixture.nix2container_layer(&paths),
+        ("102e5e2b630c4d4e32d7f6dbff6c11f49d27d05c41951111ddd90cbcb5fbbb52".to_string(), 427520)
+    );
+}
+
+#[test]
+fn nix2container_copy_to_root() {
+    let fixture = Fixture::new("n2c-root").with_more_entries();
+    let paths = r#"[{"path": "@DIR@/tree", "options": {"rewrite": {"regex": "^@DIR@/tree", "repl": ""}, "perms": [{"regex": ".*", "mode": "0755", "uid": 0, "gid": 0}]}},
+                    {"path": "@DIR@/single", "options": {"rewrite": {"regex": "^@DIR@/single$", "repl": "/etc/single"}}}]"#;
+    assert_eq!(
+        fixture.nix2container_layer(paths),
+        ("a8eebe4dd7367bc1f3c27fcec195b10ed7596aafecff5449fadc62ff9c636560".to_string(), 425472)
     );
 }

@@ -42,6 +42,19 @@ impl Platform {
         };
         Some(Platform { architecture: architecture.into(), os: "linux".into(), variant: variant.map(Into::into) })
     }
+
+    /// The platform an image's config declares, completed by the Nix system
+    /// it was built for: that system's platform when the config names no
+    /// architecture, its variant (arm64 → v8) when the architectures agree
+    /// and the config names none.
+    pub fn declared(architecture: Option<&str>, os: Option<&str>, variant: Option<&str>, system: &str) -> Option<Self> {
+        let served = Platform::of_nix_system(system);
+        let Some(architecture) = architecture.filter(|a| !a.is_empty()) else { return served };
+        let variant = variant
+            .map(String::from)
+            .or_else(|| served.filter(|p| p.architecture == architecture).and_then(|p| p.variant));
+        Some(Platform { architecture: architecture.into(), os: os.unwrap_or("linux").into(), variant })
+    }
 }
 
 /// The parts of an image config that are not the layers.
@@ -50,6 +63,11 @@ pub struct ImageConfig {
     pub platform: Platform,
     pub created: String,
     pub config: serde_json::Value,
+    /// The config blob exactly as the image carries it (a docker archive's,
+    /// the one nix2container writes), served byte for byte instead of one
+    /// written here, so that the image ID is the one `docker load` gives.
+    /// Its `diff_ids` are those the layers are checked against.
+    pub blob: Option<Vec<u8>>,
 }
 
 #[derive(Serialize)]
@@ -79,6 +97,9 @@ struct History<'a> {
 
 /// The image config JSON for these layers.
 pub fn config_json(image: &ImageConfig, layers: &[LayerRecord]) -> Vec<u8> {
+    if let Some(blob) = &image.blob {
+        return blob.clone();
+    }
     let document = ConfigDocument {
         architecture: &image.platform.architecture,
         variant: image.platform.variant.as_deref(),
@@ -182,7 +203,7 @@ mod tests {
 
     fn layer(n: u8) -> LayerRecord {
         LayerRecord {
-            source: LayerSource::TarFile { path: format!("/nix/store/x{n}/layer.tar").into() },
+            source: LayerSource::TarFile { path: format!("/nix/store/x{n}/layer.tar").into(), diff_id: None },
             compression: Compression::Gzip,
             diff_id: Digest::of(&[n]),
             digest: Digest::of(&[n, n]),
@@ -222,6 +243,7 @@ mod tests {
             platform: Platform::of_nix_system("x86_64-linux").unwrap(),
             created: "1970-01-01T00:00:01Z".into(),
             config: serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/hello"]}),
+            blob: None,
         };
         let layers = [layer(1), layer(2)];
         let config = config_json(&image, &layers);

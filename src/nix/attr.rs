@@ -22,6 +22,13 @@ pub struct Package {
     pub has_conf: bool,
     /// `meta.mainProgram`, if set.
     pub main_program: Option<String>,
+    /// The attribute below it that is its image, to build instead of it:
+    /// `image` (nix-forge's packages; `image.conf` when that is a
+    /// streamLayeredImage) or `stream.conf` (a `buildLayeredImage`, whose
+    /// `stream` is the streamLayeredImage its archive is made from).
+    pub image_attr: Option<String>,
+    /// It has a `containers` derivation (nix-forge's applications: a directory of images).
+    pub has_containers: bool,
 }
 
 /// The package sets searched, in order.
@@ -40,13 +47,23 @@ const SYSTEMS_OF_PACKAGE_SETS: &str = "outputs: builtins.mapAttrs \
 const ATTR_NAMES: &str = "x: if builtins.isAttrs x then builtins.attrNames x else [ ]";
 
 /// `x ? conf` and `x.type` are cheap on a derivation; `meta` may be missing.
-/// A derivation's environment variables are attributes too: `conf` counts
-/// only when it is itself a derivation, as streamLayeredImage's is.
-const PACKAGE_INFO: &str = r#"x: {
-    isDerivation = (x.type or null) == "derivation";
-    hasConf = x ? conf && ((x.conf.type or null) == "derivation");
+/// A derivation's environment variables are attributes too: `conf`,
+/// `image`, `stream` and `containers` count only when they are themselves
+/// derivations, as streamLayeredImage's `conf` is.
+const PACKAGE_INFO: &str = r#"x:
+  let
+    isDrv = y: (y.type or null) == "derivation";
+    hasConf = y: y ? conf && isDrv y.conf;
+  in {
+    isDerivation = isDrv x;
+    hasConf = hasConf x;
     mainProgram = x.meta.mainProgram or null;
-}"#;
+    imageAttr =
+      if x ? image && isDrv x.image then (if hasConf x.image then "image.conf" else "image")
+      else if x ? stream && isDrv x.stream && hasConf x.stream then "stream.conf"
+      else null;
+    hasContainers = x ? containers && isDrv x.containers;
+  }"#;
 
 /// Finds image-name segment `name` (`hello`, `python3packages.requests`) in
 /// `flake` for `system`.
@@ -72,6 +89,8 @@ pub fn resolve(nix: &Nix, flake: &str, system: &str, name: &str) -> Result<Packa
             attr_path,
             has_conf: info["hasConf"] == Value::Bool(true),
             main_program: info["mainProgram"].as_str().map(str::to_owned),
+            image_attr: info["imageAttr"].as_str().map(str::to_owned),
+            has_containers: info["hasContainers"] == Value::Bool(true),
         });
     }
     Err(not_found())

@@ -12,7 +12,7 @@ use super::{Service, ServiceError};
 use crate::cache::{GcRoot, ImageRecord};
 use crate::digest::Digest;
 use crate::image::layer::{self, LayerRecord, LayerSource};
-use crate::image::manifest;
+use crate::image::{manifest, InvalidImage};
 use crate::media_type::ManifestFormat;
 
 impl Service {
@@ -66,7 +66,10 @@ impl Service {
             .into_iter()
             .map(|slot| slot.into_inner().unwrap().expect("every layer was handled"))
             .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| ServiceError::internal("generating a layer", e))
+            .map_err(|e| match InvalidImage::from_io(&e) {
+                Some(invalid) => invalid.clone().into(),
+                None => ServiceError::internal("generating a layer", e),
+            })
     }
 
     /// One layer: reused when its recipe was generated before and the blob

@@ -15,6 +15,7 @@ use std::io;
 use crate::cache::{BlobStore, MetadataStore, TagCache};
 use crate::config::Config;
 use crate::digest::Digest;
+use crate::image::InvalidImage;
 use crate::media_type::ManifestFormat;
 use crate::nix::{Nix, NixError};
 use crate::reference::RepoName;
@@ -39,6 +40,12 @@ impl ServiceError {
     fn internal(what: &str, err: io::Error) -> Self {
         log::error!("{what}: {err}");
         ServiceError::Internal(what.to_string())
+    }
+}
+
+impl From<InvalidImage> for ServiceError {
+    fn from(err: InvalidImage) -> Self {
+        ServiceError::Build { message: err.0, log_tail: String::new() }
     }
 }
 
@@ -131,11 +138,15 @@ impl Service {
     }
 
     /// The tags of an existing name: `latest` and those resolved so far.
+    /// For `a/b` the attribute `a` is enough (it may be a directory of
+    /// images; which images it holds is only known once it is built).
     pub fn tags(&self, name: &RepoName) -> Result<Vec<String>, ServiceError> {
         let exists_for = |system: &String| {
-            name.packages().iter().try_for_each(|segment| {
-                crate::nix::attr::resolve(&self.nix, &self.config.flake, system, segment).map(drop)
-            })
+            let resolve = |segment: &&str| crate::nix::attr::resolve(&self.nix, &self.config.flake, system, segment);
+            match name.directory_and_image() {
+                Some((directory, _)) => resolve(&directory).map(drop),
+                None => name.packages().iter().try_for_each(|segment| resolve(segment).map(drop)),
+            }
         };
         let mut outcomes = self.config.systems.iter().map(exists_for);
         let first = outcomes.next().expect("at least one system is served");

@@ -1,7 +1,11 @@
 //! From an image name and tag to an image plan: which flake attributes,
 //! what Nix builds, and the layers and config that result. Images defined
-//! with `dockerTools.streamLayeredImage` follow their conf; any other
-//! package becomes its closure split by popularity plus flakeforge's rootfs layer.
+//! with `dockerTools.streamLayeredImage` follow their conf; an attribute
+//! with an image of its own (`image`, a buildLayeredImage's `stream`) is
+//! served as that; a docker archive or nix2container JSON is served as the
+//! image it holds (`image::output` tells the kinds apart); `a/b` is image
+//! `b` of `a` when `a` is a directory of images; any other package becomes
+//! its closure split by popularity plus flakeforge's rootfs layer.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,12 +15,13 @@ use serde::Serialize;
 use super::ServiceError;
 use crate::config::Config;
 use crate::digest::Digest;
-use crate::image::base_image::BaseImage;
 use crate::image::conf::LayeredImageConf;
+use crate::image::docker_archive::DockerArchive;
 use crate::image::layer::LayerSource;
 use crate::image::manifest::{ImageConfig, Platform};
-use crate::image::{popularity, Ownership};
-use crate::nix::{attr, flakeref, Nix};
+use crate::image::output::{self, OutputKind};
+use crate::image::{nix2container, popularity, ImageRecipe, InvalidImage, Ownership};
+use crate::nix::{attr, flakeref, Nix, NixError};
 use crate::reference::{RepoName, Tag};
 
 /// Everything needed to generate an image, before any layer is written.
@@ -33,8 +38,15 @@ pub struct ImagePlan {
 
 impl ImagePlan {
     fn new(layers: Vec<LayerSource>, config: ImageConfig, gcroots: Vec<PathBuf>) -> Self {
-        let config_key = serde_json::json!([config.platform, config.created, config.config]);
+        let mut config_key = serde_json::json!([config.platform, config.created, config.config]);
+        if let Some(blob) = &config.blob {
+            config_key = serde_json::json!([config_key, Digest::of(blob)]);
+        }
         ImagePlan { layers, config, config_key, gcroots }
+    }
+
+    fn of_recipe(recipe: ImageRecipe, gcroots: Vec<PathBuf>) -> Self {
+        Self::new(recipe.layers, recipe.config, gcroots)
     }
 
     /// Identifies the image this plan generates: the same key, the same digests.
@@ -60,6 +72,16 @@ pub fn plan_image(
     let roots_dir = gcroots_dir(config, name, tag, system);
     fs::create_dir_all(&roots_dir).map_err(|e| ServiceError::internal("creating the GC root directory", e))?;
 
+    // `a/b` first: image `b` of directory `a`, if `a` is one.
+    let mut prebuilt = None;
+    if let Some((directory, image)) = name.directory_and_image() {
+        match directory_image(nix, &flake, system, &roots_dir, directory, image)? {
+            Directory::Image(archive) => return archive_image(&archive, system, out_links(&roots_dir)),
+            Directory::Built(outputs) => prebuilt = Some((directory, outputs)),
+            Directory::None => {}
+        }
+    }
+
     let segments = name.packages();
     let mut packages = Vec::new();
     for segment in &segments {
@@ -73,27 +95,103 @@ pub fn plan_image(
             let conf_path = outputs.first().ok_or_else(|| ServiceError::Internal("nix built no output".into()))?;
             return conf_image(conf_path, system, out_links(&roots_dir));
         }
+        if let Some(image_attr) = &package.image_attr {
+            let link = roots_dir.join(segments[0]);
+            let outputs = nix.build(&format!("{flake}#{}.{image_attr}", package.attr_path), &link)?;
+            let image = outputs.first().ok_or_else(|| ServiceError::Internal("nix built no output".into()))?;
+            return output_image(config, nix, system, image, None, out_links(&roots_dir));
+        }
     }
 
     let mut outputs = Vec::new();
     let mut main_program = None;
     for (segment, package) in segments.iter().zip(&packages) {
-        let built = nix.build(&format!("{flake}#{}", package.attr_path), &roots_dir.join(segment))?;
+        let built = match prebuilt.take_if(|(built, _)| built == segment) {
+            Some((_, built)) => built,
+            None => nix.build(&format!("{flake}#{}", package.attr_path), &roots_dir.join(segment))?,
+        };
         if main_program.is_none() {
             main_program.clone_from(&package.main_program);
         }
         outputs.extend(built);
     }
     let gcroots = out_links(&roots_dir);
-    // A package whose output is itself a conf file (`streamLayeredImageConf`).
-    if let [single] = outputs.as_slice() {
-        if single.is_file() {
-            if let Ok(plan) = conf_image(single, system, gcroots.clone()) {
-                return Ok(plan);
-            }
-        }
+    match outputs.as_slice() {
+        [single] => output_image(config, nix, system, single, main_program, gcroots),
+        _ => package_image(config, nix, system, outputs, main_program, gcroots),
     }
-    package_image(config, nix, system, outputs, main_program, gcroots)
+}
+
+/// What the first segment of `a/b` turned out to be.
+enum Directory {
+    /// A directory holding archive `b`.
+    Image(PathBuf),
+    /// Not a directory of images: `a` as built, for composing it with `b`.
+    Built(Vec<PathBuf>),
+    /// Nothing to reuse: `a` is missing, or its `containers` were built instead of it.
+    None,
+}
+
+/// Builds `directory` (or its `containers`, nix-forge's applications) and
+/// looks for archive `image` in it.
+fn directory_image(
+    nix: &Nix,
+    flake: &str,
+    system: &str,
+    roots_dir: &Path,
+    directory: &str,
+    image: &str,
+) -> Result<Directory, ServiceError> {
+    let package = match attr::resolve(nix, flake, system, directory) {
+        Ok(package) => package,
+        Err(NixError::AttrNotFound { .. }) => return Ok(Directory::None),
+        Err(err) => return Err(err.into()),
+    };
+    let (attr_path, link) = match package.has_containers {
+        true => (format!("{}.containers", package.attr_path), format!("{directory}.containers")),
+        false => (package.attr_path.clone(), directory.to_string()),
+    };
+    let outputs = nix.build(&format!("{flake}#{attr_path}"), &roots_dir.join(link))?;
+    let images = match outputs.as_slice() {
+        [single] => output::directory_images(single),
+        _ => Default::default(),
+    };
+    if let Some(archive) = images.get(image) {
+        return Ok(Directory::Image(archive.clone()));
+    }
+    if !images.is_empty() && matches!(attr::resolve(nix, flake, system, image), Err(NixError::AttrNotFound { .. })) {
+        let listed = images.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+        return Err(ServiceError::NameUnknown(format!("{directory} holds no image {image} (it holds {listed})")));
+    }
+    Ok(if package.has_containers { Directory::None } else { Directory::Built(outputs) })
+}
+
+/// The image an attribute's single output holds, by its kind.
+fn output_image(
+    config: &Config,
+    nix: &Nix,
+    system: &str,
+    output: &Path,
+    main_program: Option<String>,
+    gcroots: Vec<PathBuf>,
+) -> Result<ImagePlan, ServiceError> {
+    match output::classify(output)? {
+        OutputKind::Conf => conf_image(output, system, gcroots),
+        OutputKind::DockerArchive(image) => Ok(ImagePlan::of_recipe(image.recipe(output, system)?, gcroots)),
+        OutputKind::Nix2Container(json) => Ok(ImagePlan::of_recipe(nix2container::recipe(&json, system)?, gcroots)),
+        OutputKind::Package => package_image(config, nix, system, vec![output.to_path_buf()], main_program, gcroots),
+    }
+}
+
+/// The docker archive `archive` of an image directory.
+fn archive_image(archive: &Path, system: &str, gcroots: Vec<PathBuf>) -> Result<ImagePlan, ServiceError> {
+    // The store file itself, not the directory's symlink to it: one recipe per archive.
+    let archive = fs::canonicalize(archive).map_err(|e| ServiceError::internal("reading an image directory", e))?;
+    let image = DockerArchive::open(&archive)?.ok_or_else(|| {
+        let file = archive.file_name().unwrap_or_default().to_string_lossy();
+        InvalidImage(format!("{file} in the image directory is no docker archive"))
+    })?;
+    Ok(ImagePlan::of_recipe(image.recipe(&archive, system)?, gcroots))
 }
 
 /// `<state>/gcroots/<hash of name, tag and system>/`: one directory per image.
@@ -126,27 +224,25 @@ fn conf_image(conf_path: &Path, system: &str, gcroots: Vec<PathBuf>) -> Result<I
     let mut base_config = None;
     if let Some(archive) = &conf.from_image {
         let archive = PathBuf::from(archive);
-        let base =
-            BaseImage::open(&archive).map_err(|e| ServiceError::internal("reading the from_image archive", e))?;
-        layers.extend(
-            base.layers.iter().map(|l| LayerSource::BaseImage { archive: archive.clone(), member: l.member.clone() }),
-        );
-        base_config = base.image_config.get("config").cloned();
+        let base = DockerArchive::open(&archive)?
+            .ok_or_else(|| InvalidImage("the conf's from_image is no docker archive".into()))?;
+        layers.extend(base.recipe(&archive, system)?.layers);
+        base_config = base.container_config().cloned();
     }
     layers.extend(conf.store_layers.iter().map(|paths| LayerSource::StorePaths {
         paths: paths.iter().map(PathBuf::from).collect(),
         owner: owner.clone(),
     }));
-    layers.push(LayerSource::TarFile { path: Path::new(&conf.customisation_layer).join("layer.tar") });
+    layers.push(LayerSource::TarFile { path: Path::new(&conf.customisation_layer).join("layer.tar"), diff_id: None });
 
     // The conf names the architecture; the system it was built for adds the variant (arm64 → v8).
-    let variant =
-        Platform::of_nix_system(system).filter(|p| p.architecture == conf.architecture).and_then(|p| p.variant);
-    let platform = Platform { architecture: conf.architecture.clone(), os: "linux".into(), variant };
+    let platform = Platform::declared(Some(&conf.architecture), None, None, system)
+        .ok_or_else(|| ServiceError::Internal(format!("{system} has no OCI platform")))?;
     let image = ImageConfig {
         platform,
         created: conf.created_iso().map_err(bad_conf)?,
         config: conf.merged_config(base_config.as_ref()),
+        blob: None,
     };
     Ok(ImagePlan::new(layers, image, gcroots))
 }
@@ -173,6 +269,6 @@ fn package_image(
     }
     let platform = Platform::of_nix_system(system)
         .ok_or_else(|| ServiceError::Internal(format!("{system} has no OCI platform")))?;
-    let image = ImageConfig { platform, created: "1970-01-01T00:00:01Z".into(), config: image_config };
+    let image = ImageConfig { platform, created: "1970-01-01T00:00:01Z".into(), config: image_config, blob: None };
     Ok(ImagePlan::new(layers, image, gcroots))
 }

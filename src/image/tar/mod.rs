@@ -1,15 +1,13 @@
-//! Layer tarballs written byte for byte as nixpkgs'
-//! `stream_layered_image.py` writes them with Python's `tarfile` (PAX
-//! format), so that layer digests equal those of
-//! `docker load < $(nix build .#image)` for the same conf.
+//! Layer tarballs written byte for byte as another tool writes them, so
+//! that layer digests equal that tool's: nixpkgs' `stream_layered_image.py`
+//! (Python's `tarfile`, PAX format: the digests of
+//! `docker load < $(nix build .#image)` for the same conf) or nix2container
+//! (Go's `archive/tar`). `header` holds how the two encode an entry.
 //!
-//! What `tarfile` does and this reproduces: ustar headers with
-//! `ustar\0` + `00` magic, 7/11-digit octal fields, empty device fields for
-//! entries that are not devices, the checksum as `%06o\0 `; a PAX `x` header
-//! (`././@PaxHeader`) before an entry whose name or link is longer than its
-//! field or not ASCII (the ustar field then holds the name with non-ASCII
-//! characters as `?`, cut to length); hardlinks stored as regular files;
-//! and the end: two zero blocks, then zeros up to a 10240-byte record.
+//! Common to both: hardlinks stored as regular files, then the end: two
+//! zero blocks; tarfile pads with zeros up to a 10240-byte record, Go does not.
+
+mod header;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -17,41 +15,37 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+pub(crate) use header::clean_path;
+pub use header::Dialect;
+use header::{Entry, BLOCK, DIRECTORY, REGULAR, SYMLINK};
+
 use super::Ownership;
 
-const BLOCK: usize = 512;
 const RECORD: u64 = 20 * BLOCK as u64;
 const COPY_BUFFER: usize = 256 * 1024;
 
-const REGULAR: u8 = b'0';
-const SYMLINK: u8 = b'2';
-const DIRECTORY: u8 = b'5';
-const PAX_EXTENDED: u8 = b'x';
-
-/// One entry's header fields, before encoding.
-struct Entry<'a> {
-    name: &'a [u8],
-    mode: u32,
-    size: u64,
-    kind: u8,
-    link: &'a [u8],
-}
-
 pub struct TarWriter<W: Write> {
     out: W,
+    dialect: Dialect,
     offset: u64,
     buffer: Vec<u8>,
 }
 
 impl<W: Write> TarWriter<W> {
+    /// A writer of Python tarfile's bytes.
     pub fn new(out: W) -> Self {
-        TarWriter { out, offset: 0, buffer: Vec::new() }
+        Self::with_dialect(out, Dialect::PythonTarfile)
     }
 
-    /// A directory entry; `name` gets the trailing `/` tarfile gives directories.
+    pub fn with_dialect(out: W, dialect: Dialect) -> Self {
+        TarWriter { out, dialect, offset: 0, buffer: Vec::new() }
+    }
+
+    /// A directory entry. tarfile gives directory names a trailing `/`;
+    /// nix2container's names (Go) are used as they are.
     pub fn append_dir(&mut self, name: &[u8], mode: u32, owner: &Ownership) -> io::Result<()> {
         let mut with_slash = name.to_vec();
-        if !with_slash.ends_with(b"/") {
+        if self.dialect == Dialect::PythonTarfile && !with_slash.ends_with(b"/") {
             with_slash.push(b'/');
         }
         self.header(&Entry { name: &with_slash, mode, size: 0, kind: DIRECTORY, link: b"" }, owner)
@@ -87,7 +81,18 @@ impl<W: Write> TarWriter<W> {
     }
 
     pub fn append_symlink(&mut self, name: &[u8], target: &[u8], owner: &Ownership) -> io::Result<()> {
-        self.header(&Entry { name, mode: 0o777, size: 0, kind: SYMLINK, link: target }, owner)
+        self.append_symlink_with_mode(name, target, 0o777, owner)
+    }
+
+    /// A symlink whose header records another mode than Linux's 0777.
+    pub fn append_symlink_with_mode(
+        &mut self,
+        name: &[u8],
+        target: &[u8],
+        mode: u32,
+        owner: &Ownership,
+    ) -> io::Result<()> {
+        self.header(&Entry { name, mode, size: 0, kind: SYMLINK, link: target }, owner)
     }
 
     /// A store path and everything below it, as `archive_paths_to` adds one.
@@ -128,11 +133,12 @@ impl<W: Write> TarWriter<W> {
         }
     }
 
-    /// Writes the end-of-archive blocks and the record padding.
+    /// Writes the end-of-archive blocks, and for tarfile the record padding
+    /// (Go's writer stops after the two zero blocks).
     pub fn finish(mut self) -> io::Result<W> {
         self.write_zeros(2 * BLOCK as u64)?;
         let remainder = self.offset % RECORD;
-        if remainder > 0 {
+        if self.dialect == Dialect::PythonTarfile && remainder > 0 {
             self.write_zeros(RECORD - remainder)?;
         }
         self.out.flush()?;
@@ -140,46 +146,9 @@ impl<W: Write> TarWriter<W> {
     }
 
     fn header(&mut self, entry: &Entry, owner: &Ownership) -> io::Result<()> {
-        let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
-        for (key, value, field) in [
-            ("path", entry.name, 100),
-            ("linkpath", entry.link, 100),
-            ("uname", owner.uname.as_bytes(), 32),
-            ("gname", owner.gname.as_bytes(), 32),
-        ] {
-            if !value.is_ascii() || value.len() > field {
-                pax.push((key, value.to_vec()));
-            }
-        }
-        let mut numbers =
-            [("uid", owner.uid, 8), ("gid", owner.gid, 8), ("size", entry.size, 12), ("mtime", owner.mtime, 12)];
-        for (key, value, digits) in &mut numbers {
-            if *value >= 8u64.pow(*digits - 1) {
-                pax.push((key, value.to_string().into_bytes()));
-                *value = 0;
-            }
-        }
-        if !pax.is_empty() {
-            let records = pax_records(&pax);
-            let block = ustar_block(
-                &Entry { name: b"././@PaxHeader", mode: 0, size: records.len() as u64, kind: PAX_EXTENDED, link: b"" },
-                &[0, 0, records.len() as u64, 0],
-                b"",
-                b"",
-            );
-            self.write_block(&block)?;
-            self.out.write_all(&records)?;
-            self.offset += records.len() as u64;
-            self.pad()?;
-        }
-        let [(_, uid, _), (_, gid, _), (_, size, _), (_, mtime, _)] = numbers;
-        let block = ustar_block(entry, &[uid, gid, size, mtime], owner.uname.as_bytes(), owner.gname.as_bytes());
-        self.write_block(&block)
-    }
-
-    fn write_block(&mut self, block: &[u8; BLOCK]) -> io::Result<()> {
-        self.out.write_all(block)?;
-        self.offset += BLOCK as u64;
+        let blocks = header::encode(self.dialect, entry, owner);
+        self.out.write_all(&blocks)?;
+        self.offset += blocks.len() as u64;
         Ok(())
     }
 
@@ -203,71 +172,6 @@ impl<W: Write> TarWriter<W> {
     }
 }
 
-/// `"%d %s=%s\n"` records, each length counting its own digits (tarfile's fixpoint),
-/// `hdrcharset=BINARY` first when a value is not UTF-8.
-fn pax_records(fields: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut records = Vec::new();
-    if fields.iter().any(|(_, value)| std::str::from_utf8(value).is_err()) {
-        records.extend_from_slice(b"21 hdrcharset=BINARY\n");
-    }
-    for (key, value) in fields {
-        let bare = key.len() + value.len() + 3;
-        let mut total = 0;
-        loop {
-            let next = bare + total.to_string().len();
-            if next == total {
-                break;
-            }
-            total = next;
-        }
-        records.extend_from_slice(format!("{total} {key}=").as_bytes());
-        records.extend_from_slice(value);
-        records.push(b'\n');
-    }
-    records
-}
-
-/// One ustar header block as tarfile's `_create_header` makes it (strings
-/// encoded as ASCII with `?` for anything else, cut to their fields).
-fn ustar_block(entry: &Entry, numbers: &[u64; 4], uname: &[u8], gname: &[u8]) -> [u8; BLOCK] {
-    let mut block = [0u8; BLOCK];
-    put_text(&mut block[0..100], entry.name);
-    put_octal(&mut block[100..108], u64::from(entry.mode & 0o7777));
-    put_octal(&mut block[108..116], numbers[0]);
-    put_octal(&mut block[116..124], numbers[1]);
-    put_octal(&mut block[124..136], numbers[2]);
-    put_octal(&mut block[136..148], numbers[3]);
-    block[148..156].fill(b' ');
-    block[156] = entry.kind;
-    put_text(&mut block[157..257], entry.link);
-    block[257..265].copy_from_slice(b"ustar\x0000");
-    put_text(&mut block[265..297], uname);
-    put_text(&mut block[297..329], gname);
-    let checksum: u32 = block.iter().map(|&b| u32::from(b)).sum();
-    block[148..155].copy_from_slice(format!("{checksum:06o}\0").as_bytes());
-    block
-}
-
-fn put_octal(field: &mut [u8], value: u64) {
-    let digits = field.len() - 1;
-    field[..digits].copy_from_slice(format!("{value:0digits$o}").as_bytes());
-    field[digits] = 0;
-}
-
-/// Python's `s.encode("ascii", "replace")[:len]` of the name decoded as tarfile
-/// decodes file names (UTF-8, invalid bytes one character each).
-fn put_text(field: &mut [u8], text: &[u8]) {
-    let mut encoded = Vec::with_capacity(text.len());
-    for chunk in text.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            encoded.push(if c.is_ascii() { c as u8 } else { b'?' });
-        }
-        encoded.extend(std::iter::repeat_n(b'?', chunk.invalid().len()));
-    }
-    let n = encoded.len().min(field.len());
-    field[..n].copy_from_slice(&encoded[..n]);
-}
-
 /// One store layer: `/nix`, `/nix/store`, then each path, as `archive_paths_to`.
 pub fn write_store_layer<W: Write>(out: W, paths: &[PathBuf], owner: &Ownership) -> io::Result<W> {
     let mut tar = TarWriter::new(out);
@@ -282,18 +186,6 @@ pub fn write_store_layer<W: Write>(out: W, paths: &[PathBuf], owner: &Ownership)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pax_record_lengths_count_themselves() {
-        // Expected values from Python's tarfile._create_pax_generic_header.
-        assert_eq!(pax_records(&[("a", b"bcd".to_vec())]), b"8 a=bcd\n");
-        assert_eq!(pax_records(&[("a", b"bcde".to_vec())]), b"9 a=bcde\n");
-        // 94 + 4 + 3 = 101 bytes without the length; with it, 104: three digits.
-        let record = pax_records(&[("path", vec![b'x'; 94])]);
-        assert_eq!(&record[..4], b"104 ");
-        assert_eq!(record.len(), 104);
-        assert_eq!(&pax_records(&[("path", vec![0xff])])[..21], b"21 hdrcharset=BINARY\n");
-    }
 
     #[test]
     fn header_fields() {

@@ -197,6 +197,7 @@ fn legacy_layout(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::compress::{Compression, Encoder};
 
     fn add(builder: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8]) {
         let mut header = tar::Header::new_gnu();
@@ -206,17 +207,18 @@ mod tests {
         builder.append_data(&mut header, name, bytes).unwrap();
     }
 
-    fn write(name: &str, members: &[(&str, &[u8])], gzip: bool) -> std::path::PathBuf {
+    fn compressed(compression: Compression, bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = Encoder::new(compression, Vec::new()).unwrap();
+        std::io::Write::write_all(&mut encoder, bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn write(name: &str, members: &[(&str, &[u8])], compression: Compression) -> std::path::PathBuf {
         let mut builder = tar::Builder::new(Vec::new());
         for (member, bytes) in members {
             add(&mut builder, member, bytes);
         }
-        let mut bytes = builder.into_inner().unwrap();
-        if gzip {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            std::io::Write::write_all(&mut encoder, &bytes).unwrap();
-            bytes = encoder.finish().unwrap();
-        }
+        let bytes = compressed(compression, &builder.into_inner().unwrap());
         let path = std::env::temp_dir().join(format!("flakeforge-archive-{name}-{}", std::process::id()));
         std::fs::write(&path, bytes).unwrap();
         path
@@ -228,15 +230,15 @@ mod tests {
     }
 
     #[test]
-    fn manifest_layout_plain_and_gzip() {
+    fn manifest_layout_plain_gzip_and_zstd() {
         let layer = b"pretend this is a layer tarball".to_vec();
         let diff_id = Digest::of(&layer);
         let config = serde_json::json!({"architecture": "arm64", "config": {"Env": ["A=1"]}, "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}}).to_string();
         let manifest = r#"[{"Config":"cfg.json","RepoTags":["base:latest"],"Layers":["./abc/layer.tar"]}]"#;
         let members: [(&str, &[u8]); 3] =
             [("abc/layer.tar", &layer), ("cfg.json", config.as_bytes()), ("manifest.json", manifest.as_bytes())];
-        for gzip in [false, true] {
-            let path = write(&format!("manifest-{gzip}"), &members, gzip);
+        for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let path = write(&format!("manifest-{compression}"), &members, compression);
             let image = DockerArchive::open(&path).unwrap().unwrap();
             assert_eq!(image.layers[0].diff_id, Some(diff_id.clone()));
             assert_eq!(image.container_config().unwrap()["Env"][0], "A=1");
@@ -247,6 +249,22 @@ mod tests {
             assert!(InvalidImage::from_io(&copied(&path, "missing").unwrap_err()).is_some());
             std::fs::remove_file(&path).unwrap();
         }
+    }
+
+    #[test]
+    fn compressed_layer_members_are_served_decompressed() {
+        // As `docker save` with containerd's image store writes layers: the registry's gzip blobs.
+        let layer = b"an uncompressed layer".to_vec();
+        let blob = compressed(Compression::Gzip, &layer);
+        let config = serde_json::json!({"rootfs": {"diff_ids": [Digest::of(&layer).to_string()]}}).to_string();
+        let manifest = r#"[{"Config":"blobs/sha256/c","Layers":["blobs/sha256/l"]}]"#;
+        let members: [(&str, &[u8]); 3] =
+            [("blobs/sha256/l", &blob), ("blobs/sha256/c", config.as_bytes()), ("manifest.json", manifest.as_bytes())];
+        let path = write("compressed-member", &members, Compression::None);
+        let image = DockerArchive::open(&path).unwrap().unwrap();
+        assert_eq!(image.layers[0].diff_id, Some(Digest::of(&layer)));
+        assert_eq!(copied(&path, "blobs/sha256/l").unwrap(), layer);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -266,7 +284,7 @@ mod tests {
                 (&json_b_name, json_b.as_bytes()),
                 ("repositories", repositories.as_bytes()),
             ],
-            false,
+            Compression::None,
         );
         let image = DockerArchive::open(&path).unwrap().unwrap();
         let members: Vec<&str> = image.layers.iter().map(|l| l.member.as_str()).collect();
@@ -280,14 +298,14 @@ mod tests {
     #[test]
     fn truncated_archives_and_plain_tarballs() {
         let manifest = br#"[{"Config":"c.json","Layers":[]}]"#;
-        let whole = write("whole", &[("c.json", b"{}"), ("manifest.json", manifest)], false);
+        let whole = write("whole", &[("c.json", b"{}"), ("manifest.json", manifest)], Compression::None);
         let bytes = std::fs::read(&whole).unwrap();
         for cut in [bytes.len() - 1024, 600] {
             std::fs::write(&whole, &bytes[..cut]).unwrap();
             let err = DockerArchive::open(&whole).unwrap_err();
             assert!(err.0.contains("truncated"), "{cut}: {err}");
         }
-        let other = write("other", &[("README", b"not an image")], true);
+        let other = write("other", &[("README", b"not an image")], Compression::Gzip);
         assert!(DockerArchive::open(&other).unwrap().is_none());
         let gz = std::fs::read(&other).unwrap();
         std::fs::write(&other, &gz[..gz.len() - 4]).unwrap();

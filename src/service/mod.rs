@@ -3,6 +3,7 @@
 
 mod assemble;
 mod blob;
+mod catalog;
 pub mod flight;
 mod plan;
 mod resolve;
@@ -116,19 +117,15 @@ impl Service {
         self.meta.manifest(digest)
     }
 
-    /// Package names the flake offers for the served systems (lowercase, as image names).
+    /// Package names the flake offers for the served systems (lowercase, as
+    /// image names), with the images of directories of images as `NAME/IMAGE`.
     pub fn catalog(&self) -> Vec<String> {
         if let Some(names) = self.catalog.get("", "") {
             return names;
         }
         let mut names = Vec::new();
         for system in &self.config.systems {
-            let attr_path = format!("packages.{system}");
-            // A flake without packages for a system simply lists none for it.
-            let listed = self.nix.eval_json_exact(&self.config.flake, &attr_path, "builtins.attrNames");
-            if let Ok(serde_json::Value::Array(found)) = listed {
-                names.extend(found.iter().filter_map(|n| n.as_str()).map(str::to_ascii_lowercase));
-            }
+            names.extend(catalog::names(&self.nix, &self.config.flake, system));
         }
         names.retain(|n| RepoName::parse(n).is_some());
         names.sort();

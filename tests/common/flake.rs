@@ -146,14 +146,25 @@ impl TestFlake {
 
     /// The flake, with `hello` printing `line`.
     pub fn with_hello(line: &str) -> TestFlake {
+        let flake = Self::with_tools();
+        flake.write_flake(line);
+        flake
+    }
+
+    /// A flake of another text (a test flake of its own), with busybox in `tools/` too.
+    pub fn with_text(flake_nix: &str) -> TestFlake {
+        let flake = Self::with_tools();
+        fs::write(flake.path().join("flake.nix"), flake_nix).unwrap();
+        flake
+    }
+
+    fn with_tools() -> TestFlake {
         require_tool("nix");
         assert!(Path::new("/bin/busybox").is_file(), "/bin/busybox is missing: install busybox-static");
         let dir = TestDir::new();
         fs::create_dir_all(dir.path().join("tools")).unwrap();
         fs::copy("/bin/busybox", dir.path().join("tools/busybox")).unwrap();
-        let flake = TestFlake { dir };
-        flake.write_flake(line);
-        flake
+        TestFlake { dir }
     }
 
     fn write_flake(&self, hello: &str) {

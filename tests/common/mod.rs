@@ -7,6 +7,7 @@
 
 pub mod clients;
 pub mod flake;
+pub mod image_kinds;
 pub mod server;
 mod test_dir;
 pub mod tls_client;

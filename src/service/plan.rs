@@ -77,7 +77,7 @@ pub fn plan_image(
     if let Some((directory, image)) = name.directory_and_image() {
         match directory_image(nix, &flake, system, &roots_dir, directory, image)? {
             Directory::Image(archive) => return archive_image(&archive, system, out_links(&roots_dir)),
-            Directory::Built(outputs) => prebuilt = Some((directory, outputs)),
+            Directory::Built(package, outputs) => prebuilt = Some((directory, package, outputs)),
             Directory::None => {}
         }
     }
@@ -85,7 +85,10 @@ pub fn plan_image(
     let segments = name.packages();
     let mut packages = Vec::new();
     for segment in &segments {
-        packages.push(attr::resolve(nix, &flake, system, segment)?);
+        packages.push(match &prebuilt {
+            Some((built, package, _)) if built == segment => package.clone(),
+            _ => attr::resolve(nix, &flake, system, segment)?,
+        });
     }
 
     if let [package] = packages.as_slice() {
@@ -106,8 +109,8 @@ pub fn plan_image(
     let mut outputs = Vec::new();
     let mut main_program = None;
     for (segment, package) in segments.iter().zip(&packages) {
-        let built = match prebuilt.take_if(|(built, _)| built == segment) {
-            Some((_, built)) => built,
+        let built = match prebuilt.take_if(|(built, _, _)| built == segment) {
+            Some((_, _, built)) => built,
             None => nix.build(&format!("{flake}#{}", package.attr_path), &roots_dir.join(segment))?,
         };
         if main_program.is_none() {
@@ -126,8 +129,8 @@ pub fn plan_image(
 enum Directory {
     /// A directory holding archive `b`.
     Image(PathBuf),
-    /// Not a directory of images: `a` as built, for composing it with `b`.
-    Built(Vec<PathBuf>),
+    /// Not a directory of images: `a` as resolved and built, for composing it with `b`.
+    Built(attr::Package, Vec<PathBuf>),
     /// Nothing to reuse: `a` is missing, or its `containers` were built instead of it.
     None,
 }
@@ -163,7 +166,7 @@ fn directory_image(
         let listed = images.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
         return Err(ServiceError::NameUnknown(format!("{directory} holds no image {image} (it holds {listed})")));
     }
-    Ok(if package.has_containers { Directory::None } else { Directory::Built(outputs) })
+    Ok(if package.has_containers { Directory::None } else { Directory::Built(package, outputs) })
 }
 
 /// The image an attribute's single output holds, by its kind.

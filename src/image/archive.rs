@@ -86,7 +86,8 @@ pub fn for_each_member<T>(
         return Ok(found);
     }
     let consumed = Rc::new(Cell::new(0));
-    let reader = Counting { inner: decompressed(BufReader::new(file))?, count: consumed.clone() };
+    let reader =
+        Counting { inner: decompressed(BufReader::with_capacity(COPY_BUFFER, file))?, count: consumed.clone() };
     let mut tarball = tar::Archive::new(reader);
     let (found, end) = visit_entries(tarball.entries()?, &mut visit)?;
     if found.is_none() {

@@ -13,7 +13,10 @@
 //! with Go 1.23) over the fixture with a few more entries (a symlink to a
 //! 120-byte target, a 60-byte directory name), with the options below: the
 //! rewrites move the temporary copy to those store paths (or to `/`), so the
-//! digests do not depend on where the copy is.
+//! digests do not depend on where the copy is. Its config blob likewise:
+//! `fixtures/nix2container/image.json` is an image JSON as its `image`
+//! command writes it (Go's `MarshalIndent` of its `types.Image`), and
+//! `config.json` what its `GetConfigBlob` makes of it (image-spec v1.1.1).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -21,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use flakeforge::digest::HashingWriter;
 use flakeforge::image::nix2container::layer::{write_layer, LayerPath};
+use flakeforge::image::nix2container::recipe;
 use flakeforge::image::tar::TarWriter;
 use flakeforge::image::Ownership;
 
@@ -172,4 +176,11 @@ fn nix2container_copy_to_root() {
         fixture.nix2container_layer(paths),
         ("a8eebe4dd7367bc1f3c27fcec195b10ed7596aafecff5449fadc62ff9c636560".to_string(), 425472)
     );
+}
+
+#[test]
+fn nix2container_config_blob() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nix2container");
+    let image = recipe(&fs::read(fixtures.join("image.json")).unwrap(), "aarch64-linux").unwrap();
+    assert_eq!(image.config.blob.unwrap(), fs::read(fixtures.join("config.json")).unwrap());
 }

@@ -4,18 +4,21 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use argh::FromArgs;
 
+use crate::app::App;
 use crate::config::{self, Config};
 use crate::http::{self, ServerLimits};
 use crate::image::compress::Compression;
+use crate::nix::scheduler::SchedulerOptions;
+use crate::reference::{RepoName, Tag};
 use crate::registry::Registry;
-use crate::service::Service;
+use crate::service::{BuildPolicy, PrebuildOptions, Service};
 use crate::systemd_unit::{self, UnitOptions};
 use crate::tls::{self, CertFiles, TlsOptions};
+use crate::web::Web;
 
 /// flakeforge: a container registry that builds images from a Nix flake on demand.
 #[derive(FromArgs)]
@@ -86,6 +89,33 @@ struct ServeArgs {
     /// nix builds that may run at once (default: 2)
     #[argh(option, default = "2")]
     max_builds: usize,
+    /// other nix processes (evaluations, path-info, flake metadata) that may run at once, apart from builds (default: 4)
+    #[argh(option, default = "4")]
+    max_evals: usize,
+    /// requests per minute from one client address that may start Nix work; 0 for no limit (default: 30)
+    #[argh(option, default = "30")]
+    build_rate: u32,
+    /// seconds a manifest request waits for a build before it gets a retryable answer; 0 waits for the end (default: 20)
+    #[argh(option, default = "20")]
+    answer_within: u64,
+    /// seconds an unknown name or ref or a failed build is the answer without running Nix again (default: 30)
+    #[argh(option, default = "30")]
+    negative_ttl: u64,
+    /// do not serve a moving tag's last image while its new revision builds
+    #[argh(switch)]
+    no_stale: bool,
+    /// the most packages one image name may compose (default: 8)
+    #[argh(option, default = "8")]
+    max_compose: usize,
+    /// an image to build when the server starts and whenever its tag moves, NAME[:TAG]; repeatable
+    #[argh(option)]
+    prebuild: Vec<String>,
+    /// build every package the flake offers (as latest) when the server starts and whenever the flake moves
+    #[argh(switch)]
+    prebuild_all: bool,
+    /// seconds between looks at the flake's revision; 0 looks only on SIGUSR1 or POST /-/refresh (default: 60)
+    #[argh(option, default = "60")]
+    watch_interval: u64,
     /// disk space for cached layer blobs, e.g. 500M or 10G (default: 10G)
     #[argh(option, default = "String::from(\"10G\")")]
     cache_size: String,
@@ -167,10 +197,11 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         config.compression
     );
     let service = Service::open(config).map_err(|e| format!("cannot open the state directory: {e}"))?;
-    let registry = Arc::new(Registry::new(Arc::new(service)));
+    service.start_watch().map_err(|e| format!("cannot start the watch: {e}"))?;
+    let app = App::new(Registry::new(service.clone()), Web::new(service));
     match make_transport {
-        Some(tls) => http::serve_with(listeners, limits, registry, tls)?,
-        None => http::serve(listeners, limits, registry)?,
+        Some(tls) => http::serve_with(listeners, limits, app, tls)?,
+        None => http::serve(listeners, limits, app)?,
     }
     Ok(())
 }
@@ -215,7 +246,6 @@ fn config_from(args: ServeArgs) -> Result<Config, String> {
         state_dir,
         tls: !args.no_tls,
         build_timeout: Duration::from_secs(positive(args.build_timeout, "--build-timeout")?),
-        max_builds: positive(args.max_builds as u64, "--max-builds")? as usize,
         cache_size: config::parse_size(&args.cache_size).map_err(|e| format!("--cache-size: {e}"))?,
         compression: args.compression,
         nix: args.nix,
@@ -229,5 +259,31 @@ fn config_from(args: ServeArgs) -> Result<Config, String> {
             keepalive_timeout: Duration::from_secs(positive(args.keepalive_timeout, "--keepalive-timeout")?),
             ..ServerLimits::default()
         },
+        scheduler: SchedulerOptions {
+            max_builds: positive(args.max_builds as u64, "--max-builds")? as usize,
+            max_evals: positive(args.max_evals as u64, "--max-evals")? as usize,
+            build_rate: args.build_rate,
+        },
+        policy: BuildPolicy {
+            answer_within: (args.answer_within > 0).then(|| Duration::from_secs(args.answer_within)),
+            negative_ttl: Duration::from_secs(args.negative_ttl),
+            serve_stale: !args.no_stale,
+            max_compose: positive(args.max_compose as u64, "--max-compose")? as usize,
+        },
+        prebuild: PrebuildOptions {
+            targets: args.prebuild.iter().map(|target| prebuild_target(target)).collect::<Result<_, _>>()?,
+            all: args.prebuild_all,
+            watch_interval: (args.watch_interval > 0).then(|| Duration::from_secs(args.watch_interval)),
+        },
     })
+}
+
+/// `NAME` or `NAME:TAG` of `--prebuild`.
+fn prebuild_target(text: &str) -> Result<(RepoName, Tag), String> {
+    let (name, tag) = text.rsplit_once(':').unwrap_or((text, "latest"));
+    let name = RepoName::parse(name).ok_or_else(|| {
+        format!("--prebuild {text:?}: {name:?} is not an image name (lowercase, e.g. hello or curl/jq)")
+    })?;
+    let tag = Tag::parse(tag).ok_or_else(|| format!("--prebuild {text:?}: {tag:?} is not a tag"))?;
+    Ok((name, tag))
 }

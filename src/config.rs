@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use crate::http::ServerLimits;
 use crate::image::compress::Compression;
+use crate::nix::scheduler::SchedulerOptions;
+use crate::service::{BuildPolicy, PrebuildOptions};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -16,7 +18,6 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub tls: bool,
     pub build_timeout: Duration,
-    pub max_builds: usize,
     pub cache_size: u64,
     pub compression: Compression,
     pub nix: PathBuf,
@@ -25,6 +26,12 @@ pub struct Config {
     /// The Nix systems whose packages are served (`x86_64-linux`, ...); never empty.
     pub systems: Vec<String>,
     pub limits: ServerLimits,
+    /// How Nix processes are shared out (`--max-builds`, `--max-evals`, `--build-rate`).
+    pub scheduler: SchedulerOptions,
+    /// How builds meet clients (`--answer-within`, `--negative-ttl`, `--no-stale`, `--max-compose`).
+    pub policy: BuildPolicy,
+    /// What is built ahead of pulls, and the watch (`--prebuild`, `--prebuild-all`, `--watch-interval`).
+    pub prebuild: PrebuildOptions,
 }
 
 /// Parses `1024`, `512K`, `10M`, `10G`, `1T` (binary units; a trailing `B`/`iB` is allowed).

@@ -3,26 +3,36 @@
 //! The layers, from the socket inwards:
 //! - [`tls`]: built-in HTTPS (rustls): a local CA or given certificates, handshakes.
 //! - [`http`]: a small HTTP/1.1 server on `httparse`, generic over the byte stream.
+//! - [`app`]: the handler the server runs: `/v2/` to [`registry`], `/-/` to [`web`].
 //! - [`registry`]: the OCI Distribution API (pull side): routing, validation, errors.
-//! - [`service`]: turns an image name and tag into a stored manifest, building once.
-//! - [`nix`]: the `nix` subprocess driver: attribute lookup, builds, closures.
+//! - [`web`]: what is not the registry API: the build status, the watch's trigger.
+//! - [`service`]: turns an image name and tag into a stored manifest: build
+//!   jobs that outlive clients, stale-while-revalidate, prebuilds and the watch.
+//! - [`nix`]: the `nix` subprocess driver: one scheduler for every process,
+//!   revisions, attribute lookup, builds, closures.
 //! - [`image`]: image assembly: layer tarballs, configs and manifests.
 //! - [`cache`]: what is kept on disk and in memory between requests and restarts.
 //! - [`reference`], [`media_type`], [`digest`]: the validated names, tags,
-//!   manifest forms and digests every layer above shares.
+//!   manifest forms and digests every layer above shares; [`flight`],
+//!   [`rate_limit`] and [`signals`]: small tools of the layers above.
 //! - [`systemd_unit`]: the systemd unit for Debian-family hosts, from the
 //!   settings the NixOS module shares (`nixos/service.json`).
 
+pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod digest;
+pub mod flight;
 pub mod http;
 pub mod image;
 pub mod media_type;
 pub mod nix;
+pub mod rate_limit;
 pub mod reference;
 pub mod registry;
 pub mod service;
+pub mod signals;
 pub mod systemd_unit;
 pub mod tls;
+pub mod web;

@@ -178,25 +178,35 @@ fn an_image_that_leaves_the_cache_drops_its_gc_roots() {
 #[test]
 fn builds_past_the_waiting_bound_get_toomanyrequests() {
     let flake = TestFlake::new();
-    let server = FlakeforgeServer::start(flake.path(), &["--max-builds", "1", "--build-timeout", "6"]);
+    let args = ["--max-builds", "1", "--build-timeout", "8", "--answer-within", "0"];
+    let server = FlakeforgeServer::start(flake.path(), &args);
     let server = &server;
+    let packages = ["hello", "motd", "busybox", "upper", "tools.jq", "img", "based", "imgconf"];
+    let pairs: Vec<String> = packages
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| packages[i + 1..].iter().map(move |b| format!("{a}/{b}")))
+        .collect();
     std::thread::scope(|scope| {
         // Holds the only build slot for the length of the timeout.
         let sleeper = scope.spawn(move || server.get("/v2/sleeper/manifests/latest").status);
-        wait_until(10, "the sleeper build to start", || {
+        wait_until(30, "the sleeper build to start", || {
             run_ok(Command::new("ps").args(["-eo", "args"]), 10).lines().any(|l| l.contains(&flake.sleeper_command()))
         });
         // 16 builds may wait for it (16 × --max-builds); the 17th is refused at once.
-        let waiting: Vec<_> = (0..16)
-            .map(|i| scope.spawn(move || server.get(&format!("/v2/waits{i}/manifests/latest")).status))
+        let waiting: Vec<_> = pairs[..16]
+            .iter()
+            .map(|name| scope.spawn(move || server.get(&format!("/v2/{name}/manifests/latest")).status))
             .collect();
-        std::thread::sleep(Duration::from_millis(500));
-        let refused = server.get("/v2/onetoomany/manifests/latest");
+        wait_until(60, "16 builds to wait for the slot", || {
+            server.get("/-/builds").json()["nix"]["queued"]["build"] == 16
+        });
+        let refused = server.get(&format!("/v2/{}/manifests/latest", pairs[16]));
         assert_eq!((refused.status, refused.error_code().as_str()), (429, "TOOMANYREQUESTS"));
         assert_eq!(sleeper.join().unwrap(), 404);
-        // The waiting ones got their turn: these names do not exist.
+        // The waiting ones got their turn.
         for w in waiting {
-            assert_eq!(w.join().unwrap(), 404);
+            assert_eq!(w.join().unwrap(), 200);
         }
     });
 }

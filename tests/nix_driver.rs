@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use flakeforge::nix::attr::{self, Package};
+use flakeforge::nix::log::{Event, Progress};
+use flakeforge::nix::scheduler::{Lane, Observer, SchedulerOptions, Work};
 use flakeforge::nix::{flakeref, json, Nix, NixError};
 
 const NIX_CONFIG: &str = "experimental-features = nix-command flakes
@@ -26,7 +28,7 @@ fn nix_with_timeout(timeout: Duration) -> Nix {
     static CONFIGURED: OnceLock<()> = OnceLock::new();
     // Set once, before any test has spawned anything: the children inherit it.
     CONFIGURED.get_or_init(|| std::env::set_var("NIX_CONFIG", NIX_CONFIG));
-    Nix { program: "nix".into(), timeout }
+    Nix::new("nix", timeout, &SchedulerOptions::default())
 }
 
 fn nix() -> Nix {
@@ -79,7 +81,8 @@ impl TestFlake {
     }
 
     fn resolve(&self, name: &str) -> Result<Package, NixError> {
-        attr::resolve(&nix(), &self.path_ref(), &system(), name)
+        let nix = nix();
+        attr::resolve(&nix, &nix.lock(&self.path_ref())?, &system(), name)
     }
 
     fn git(&self, args: &[&str]) -> String {
@@ -123,9 +126,12 @@ fn a_failed_build_gives_the_end_of_its_log() {
         r#"{ packages.${system}.fail = mk "fail" "for i in $(seq 100); do echo line $i; done; echo oops >&2; exit 3"; }"#,
     );
     let error = nix().build(&flake.installable(&format!("packages.{}.fail", system())), &flake.dir.join("result"));
-    let Err(NixError::Failed { log_tail }) = error else { panic!("{error:?}") };
-    assert!(log_tail.contains("oops") && log_tail.contains("exit code 3"), "{log_tail}");
+    let Err(error @ NixError::Failed { .. }) = error else { panic!("{error:?}") };
+    let log_tail = error.log_tail();
+    assert!(log_tail.contains("fail> oops") && log_tail.contains("exit code 3"), "{log_tail}");
     assert!(log_tail.lines().count() <= 30 && log_tail.len() <= 4096, "{log_tail}");
+    // What a client may see: why, without the builder's output or paths.
+    assert_eq!(error.client_reason(), "builder for 'fail.drv' failed with exit code 3");
     assert!(!flake.dir.join("result").exists());
 }
 
@@ -141,7 +147,7 @@ fn a_build_past_the_timeout_is_killed_with_its_builder() {
     let error = nix.build(&flake.installable(&format!("packages.{}.sleeper", system())), &flake.dir.join("result"));
     let elapsed = started.elapsed();
 
-    let Err(NixError::Timeout { secs: 4, log_tail }) = error else { panic!("{error:?}") };
+    let Err(NixError::Timeout { secs: 4, log_tail, .. }) = error else { panic!("{error:?}") };
     assert!(log_tail.contains("sleeper.drv"), "{log_tail}");
     assert!(elapsed >= Duration::from_secs(4) && elapsed < Duration::from_secs(9), "{elapsed:?}");
     // The builder runs in a session of its own (nix calls setsid): it must be
@@ -280,9 +286,10 @@ fn resolve_tells_missing_attributes_from_broken_ones() {
     }
     let error = flake.resolve("broken").unwrap_err();
     assert!(
-        matches!(&error, NixError::Failed { log_tail } if log_tail.contains("this package is broken")),
+        matches!(&error, NixError::Failed { log_tail, .. } if log_tail.contains("this package is broken")),
         "{error:?}"
     );
+    assert_eq!(error.client_reason(), "this package is broken");
 }
 
 #[test]
@@ -296,7 +303,7 @@ fn resolve_in_flakes_without_package_sets() {
 
     let broken = TestFlake::new("resolve-broken", r#"{ packages = throw "no packages today"; }"#);
     let error = broken.resolve("hello").unwrap_err();
-    assert!(matches!(&error, NixError::Failed { log_tail } if log_tail.contains("no packages today")), "{error:?}");
+    assert!(matches!(&error, NixError::Failed { log_tail, .. } if log_tail.contains("no packages today")), "{error:?}");
 }
 
 #[test]
@@ -312,7 +319,7 @@ fn tags_select_git_refs_of_a_real_flake() {
 
     let dir = flake.dir.to_string_lossy().into_owned();
     let name_at = |tag: &str| {
-        let tagged = flakeref::for_tag(&dir, tag)?;
+        let tagged = nix().lock(&flakeref::for_tag(&dir, tag)?)?;
         let package = attr::resolve(&nix(), &tagged, &system(), "hello")?;
         nix().eval_json(&format!("{tagged}#{}", package.attr_path), "x: x.name")
     };
@@ -324,6 +331,86 @@ fn tags_select_git_refs_of_a_real_flake() {
 }
 
 #[test]
+fn lock_pins_git_commits_and_path_nar_hashes() {
+    let flake = TestFlake::new("lock", r#"{ packages.${system}.hello = mk "hello-1" "mkdir $out"; }"#);
+    let path = nix().lock(&flake.path_ref()).unwrap();
+    assert!(path.revision.starts_with("sha256-"), "{path:?}");
+    assert!(path.url.starts_with(&flake.path_ref()) && path.url.contains("narHash="), "{path:?}");
+    flake.write_outputs(r#"{ packages.${system}.hello = mk "hello-2" "mkdir $out"; }"#);
+    let changed = nix().lock(&flake.path_ref()).unwrap();
+    assert_ne!(changed.revision, path.revision);
+
+    flake.git(&["init", "--quiet"]);
+    flake.git(&["add", "."]);
+    flake.git(&["commit", "--quiet", "-m", "one"]);
+    let commit = flake.git(&["rev-parse", "HEAD"]);
+    let dir = flake.dir.to_string_lossy().into_owned();
+    let git = nix().lock(&dir).unwrap();
+    assert_eq!(git.revision, commit);
+    assert!(git.url.starts_with("git+file://") && git.url.contains(&format!("rev={commit}")), "{git:?}");
+    // What was locked is what is evaluated, whatever comes next.
+    flake.write_outputs(r#"{ packages.${system}.hello = mk "hello-3" "mkdir $out"; }"#);
+    flake.git(&["commit", "--quiet", "-am", "two"]);
+    let hello = attr::resolve(&nix(), &git, &system(), "hello").unwrap();
+    assert_eq!(nix().eval_json(&format!("{git}#{}", hello.attr_path), "x: x.name").unwrap(), "hello-2");
+    assert_ne!(nix().lock(&dir).unwrap().revision, commit);
+}
+
+/// What a build job sees of its invocations.
+#[derive(Default)]
+struct Seen {
+    started: std::sync::Mutex<Vec<(Lane, String)>>,
+    events: std::sync::Mutex<Vec<Event>>,
+}
+
+impl Observer for Seen {
+    fn queued(&self, _: u64, _: Lane) {}
+    fn started(&self, _: u64, lane: Lane, command: &str) {
+        self.started.lock().unwrap().push((lane, command.to_owned()));
+    }
+    fn event(&self, _: u64, event: &Event) {
+        if *event != Event::Nothing {
+            self.events.lock().unwrap().push(event.clone());
+        }
+    }
+}
+
+#[test]
+fn a_build_reports_its_progress_and_its_output() {
+    let flake = TestFlake::new(
+        "progress",
+        r#"{ packages.${system} = rec {
+            one = mk "one" "echo first >&2; mkdir $out";
+            two = mk "two" "mkdir $out";
+            top = mk "top" "echo ${one} ${two}; echo said-by-top; mkdir $out";
+        }; }"#,
+    );
+    let seen = std::sync::Arc::new(Seen::default());
+    let work = std::sync::Arc::new(Work::job(None, seen.clone()));
+    let nix = nix().for_work(work);
+    nix.build(&flake.installable(&format!("packages.{}.top", system())), &flake.dir.join("result")).unwrap();
+
+    let started = seen.started.lock().unwrap();
+    assert_eq!(started.len(), 1);
+    assert!(started[0].0 == Lane::Build && started[0].1.starts_with("nix build --json"), "{started:?}");
+    let events = seen.events.lock().unwrap();
+    let last_progress = events.iter().rev().find_map(|e| match e {
+        Event::Progress(progress) => Some(*progress),
+        _ => None,
+    });
+    assert_eq!(last_progress, Some(Progress { built: 3, total: 3 }), "{events:?}");
+    let lines: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Line(line) => Some(line.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(lines.contains(&"one> first") && lines.contains(&"top> said-by-top"), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("building '/nix/store/") && l.ends_with("-top.drv'")), "{lines:?}");
+}
+
+#[test]
 fn tags_of_a_flake_outside_git_are_refused() {
     let flake = TestFlake::new("no-git", "{ }");
     let error = flakeref::for_tag(&flake.dir.to_string_lossy(), "v1").unwrap_err();
@@ -332,6 +419,6 @@ fn tags_of_a_flake_outside_git_are_refused() {
 
 #[test]
 fn a_missing_nix_is_a_spawn_error() {
-    let nix = Nix { program: "/nonexistent/nix".into(), timeout: Duration::from_secs(5) };
+    let nix = Nix::new("/nonexistent/nix", Duration::from_secs(5), &SchedulerOptions::default());
     assert!(matches!(nix.eval_json("path:/x#y", "x: x"), Err(NixError::Spawn(_))));
 }

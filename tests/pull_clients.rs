@@ -50,13 +50,22 @@ fn docker_pulls_runs_and_pulls_by_digest() {
 }
 
 #[test]
-fn docker_shows_the_end_of_a_failed_build_log() {
+fn docker_shows_why_a_build_failed_and_nothing_of_the_host() {
     let flake = TestFlake::new();
     let server = FlakeforgeServer::start(flake.path(), &[]);
     let docker = Dockerd::start();
     let (ok, output) = docker.try_docker(&["pull", &format!("{}/broken", server.host())]);
     assert!(!ok);
-    assert!(output.contains("flakeforge-test-build-failure"), "docker did not print the build log: {output}");
+    assert!(output.contains("builder for 'broken.drv' failed with exit code 3"), "docker did not say why: {output}");
+    // Not the builder's output, no paths: the build id leads to the whole log.
+    assert!(!output.contains("flakeforge-test-build-failure"), "the builder's output reached the client: {output}");
+    assert!(!output.contains("/nix/store") && !output.contains(&flake.path().display().to_string()), "{output}");
+    let build = &server.get("/-/builds").json()["builds"][0];
+    let id = build["id"].as_str().unwrap();
+    assert_eq!(build["state"], "failed");
+    assert!(output.contains(&format!("build {id}")), "{output}");
+    let log = String::from_utf8(server.get(&format!("/-/builds/{id}/log")).body).unwrap();
+    assert!(log.contains("broken> flakeforge-test-build-failure"), "{log}");
     assert!(server.log().contains("flakeforge-test-build-failure"), "the server log lacks the full build log");
 }
 

@@ -13,7 +13,8 @@ fn tags_select_git_refs() {
     let flake = TestFlake::new();
     flake.init_git();
     let first = flake.commit_hello("second version");
-    let server = FlakeforgeServer::start(flake.path(), &["--tag-ttl", "1"]);
+    // Without --no-stale, the first pull after the TTL gets the last image while the new one builds (see lifecycle.rs).
+    let server = FlakeforgeServer::start(flake.path(), &["--tag-ttl", "1", "--no-stale"]);
     let podman = Podman::new();
     let run = |reference: &str| {
         let image = format!("{}/hello:{reference}", server.host());

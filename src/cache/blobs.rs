@@ -158,6 +158,11 @@ impl CacheWriter {
         self.file.is_some()
     }
 
+    /// The temporary file, while it is being written (to read it as it grows).
+    pub fn path(&self) -> Option<&Path> {
+        self.file.as_ref().map(|_| self.path.as_path())
+    }
+
     fn give_up(&mut self, err: &io::Error) {
         log::warn!("blob cache: write failed ({err}); serving without caching");
         if let Some(file) = self.file.take() {

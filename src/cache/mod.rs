@@ -4,10 +4,12 @@
 
 pub mod blobs;
 pub mod metadata;
+pub mod resolutions;
 pub mod tags;
 
 pub use blobs::{BlobStore, CacheWriter};
 pub use metadata::{GcRoot, ImageRecord, MetadataStore};
+pub use resolutions::{Resolution, ResolutionStore};
 pub use tags::TagCache;
 
 use std::fs;

@@ -36,13 +36,27 @@ pub enum Body {
 /// (a [`StreamBody`] is dropped without running) but its length is.
 pub struct Response {
     pub status: u16,
+    /// A reason phrase of the handler's instead of the standard one (see [`Response::reason`]).
+    pub reason: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Body,
 }
 
+/// The longest reason phrase sent.
+const MAX_REASON_BYTES: usize = 512;
+
 impl Response {
     pub fn new(status: u16) -> Self {
-        Response { status, headers: Vec::new(), body: Body::Empty }
+        Response { status, reason: None, headers: Vec::new(), body: Body::Empty }
+    }
+
+    /// Sends `reason` as the status line's reason phrase: clients that show
+    /// only the status line (containerd, and so kubelet's events) show it.
+    /// Anything but printable ASCII becomes `?`; it is cut at 512 bytes.
+    pub fn reason(mut self, reason: &str) -> Self {
+        let printable = reason.chars().map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' });
+        self.reason = Some(printable.take(MAX_REASON_BYTES).collect());
+        self
     }
 
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
@@ -106,7 +120,8 @@ pub(crate) fn write_response(out: &mut dyn Write, response: Response, delivery: 
         Body::Stream { len: None, .. } => Framing::UntilClose,
     };
     let keep_alive = delivery.keep_alive && framing != Framing::UntilClose;
-    let head = render_head(status, &response.headers, framing, keep_alive, delivery.version);
+    let reason = response.reason.as_deref().filter(|_| status == response.status).unwrap_or(reason_phrase(status));
+    let head = render_head(status, reason, &response.headers, framing, keep_alive, delivery.version);
     let mut body_bytes = 0;
     let mut result = out.write_all(head.as_bytes());
     if result.is_ok() && !delivery.head_only && framing != Framing::NoBody {
@@ -120,12 +135,13 @@ pub(crate) fn write_response(out: &mut dyn Write, response: Response, delivery: 
 
 fn render_head(
     status: u16,
+    reason: &str,
     headers: &[(String, String)],
     framing: Framing,
     keep_alive: bool,
     version: Version,
 ) -> String {
-    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    let mut head = format!("HTTP/1.1 {status} {reason}\r\n");
     for (name, value) in headers {
         if ["content-length", "transfer-encoding", "connection"]
             .iter()
@@ -334,6 +350,14 @@ mod tests {
         assert!(raw.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{raw}");
         assert_eq!(sent.status, 500);
         assert_eq!(written(Response::new(304).bytes(b"x".to_vec()), GET).0, "HTTP/1.1 304 Not Modified\r\n\r\n");
+    }
+
+    #[test]
+    fn a_reason_phrase_of_the_handler_is_sent_printable() {
+        let response = Response::new(429).reason("Too Many Requests: a:b is being built\r\nX: y é");
+        assert!(written(response, GET).0.starts_with("HTTP/1.1 429 Too Many Requests: a:b is being built??X: y ?\r\n"));
+        // Not on a status the server had to replace.
+        assert!(written(Response::new(42).reason("odd"), GET).0.starts_with("HTTP/1.1 500 Internal Server Error\r\n"));
     }
 
     #[test]

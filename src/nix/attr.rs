@@ -7,10 +7,66 @@
 //! broken flake without reading Nix's error messages. The `--apply`
 //! functions are fixed strings; the request only ever reaches the attribute
 //! path of an installable.
+//!
+//! Every evaluation here is of a [`LockedFlake`], so its answer holds for
+//! good: answers are kept per revision ([`Cache`]), and concurrent askers of
+//! one share one run. A name looked up again, found or not (a `tags/list`
+//! flood, the segments of long composed names), runs no Nix.
 
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use lru::LruCache;
 use serde_json::Value;
 
-use super::{Nix, NixError};
+use super::{LockedFlake, Nix, NixError};
+use crate::flight::Flights;
+
+/// Evaluations kept (listings of attribute sets and package infos).
+const CACHED_EVALUATIONS: usize = 4096;
+
+/// (revision, attribute path, `--apply` function) of an evaluation.
+type EvalKey = (String, String, &'static str);
+
+/// Answers of evaluations of locked flakes, by revision: values, and
+/// failures of the evaluation itself (a `throw`, a missing attribute), which
+/// are as lasting. Waiting in a full queue or a timeout is not an answer.
+pub struct Cache {
+    answers: Mutex<LruCache<EvalKey, Result<Value, NixError>>>,
+    running: Flights<EvalKey, Result<Value, NixError>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        let capacity = NonZeroUsize::new(CACHED_EVALUATIONS).expect("not zero");
+        Cache { answers: Mutex::new(LruCache::new(capacity)), running: Flights::new() }
+    }
+}
+
+/// [`Nix::eval_json_exact`] of `flake`, answered from the cache when it was
+/// asked before; `apply` is one of the fixed functions of flakeforge's.
+pub(crate) fn eval_cached(
+    nix: &Nix,
+    flake: &LockedFlake,
+    attr_path: &str,
+    apply: &'static str,
+) -> Result<Value, NixError> {
+    let key = (flake.revision.clone(), attr_path.to_owned(), apply);
+    if let Some(answer) = nix.attrs.answers.lock().unwrap().get(&key) {
+        return answer.clone();
+    }
+    let abandoned = Err(NixError::Output("an evaluation was abandoned".into()));
+    nix.attrs.running.run(key.clone(), abandoned, || {
+        if let Some(answer) = nix.attrs.answers.lock().unwrap().get(&key) {
+            return answer.clone();
+        }
+        let answer = nix.eval_json_exact(&flake.url, attr_path, apply);
+        if matches!(answer, Ok(_) | Err(NixError::Failed { .. })) {
+            nix.attrs.answers.lock().unwrap().put(key.clone(), answer.clone());
+        }
+        answer
+    })
+}
 
 /// What flakeforge needs to know of a package before building it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,12 +123,12 @@ const PACKAGE_INFO: &str = r#"x:
 
 /// Finds image-name segment `name` (`hello`, `python3packages.requests`) in
 /// `flake` for `system`.
-pub fn resolve(nix: &Nix, flake: &str, system: &str, name: &str) -> Result<Package, NixError> {
+pub fn resolve(nix: &Nix, flake: &LockedFlake, system: &str, name: &str) -> Result<Package, NixError> {
     let not_found = || NixError::AttrNotFound { name: name.to_owned(), system: system.to_owned() };
     if !is_selectable(system) {
         return Err(not_found());
     }
-    let systems = nix.eval_json_exact(flake, OUTPUTS, SYSTEMS_OF_PACKAGE_SETS)?;
+    let systems = eval_cached(nix, flake, OUTPUTS, SYSTEMS_OF_PACKAGE_SETS)?;
     for set in PACKAGE_SETS {
         if !string_list(&systems[set]).iter().any(|s| s == system) {
             continue;
@@ -80,7 +136,7 @@ pub fn resolve(nix: &Nix, flake: &str, system: &str, name: &str) -> Result<Packa
         let Some(attr_path) = find_along(nix, flake, vec![set.to_owned(), system.to_owned()], name)? else {
             continue;
         };
-        let info = nix.eval_json_exact(flake, &attr_path, PACKAGE_INFO)?;
+        let info = eval_cached(nix, flake, &attr_path, PACKAGE_INFO)?;
         // A package set is no package: it may still be one in the next set.
         if info["isDerivation"] != Value::Bool(true) {
             continue;
@@ -98,9 +154,9 @@ pub fn resolve(nix: &Nix, flake: &str, system: &str, name: &str) -> Result<Packa
 
 /// Descends from `path` through the dot-separated components of `name`: the
 /// quoted attribute path, or `None` where a component has no match.
-fn find_along(nix: &Nix, flake: &str, mut path: Vec<String>, name: &str) -> Result<Option<String>, NixError> {
+fn find_along(nix: &Nix, flake: &LockedFlake, mut path: Vec<String>, name: &str) -> Result<Option<String>, NixError> {
     for component in name.split('.') {
-        let names = nix.eval_json_exact(flake, &quote_attr_path(&path), ATTR_NAMES)?;
+        let names = eval_cached(nix, flake, &quote_attr_path(&path), ATTR_NAMES)?;
         match match_component(&string_list(&names), component) {
             Some(found) => path.push(found.to_owned()),
             None => return Ok(None),

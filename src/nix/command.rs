@@ -1,14 +1,20 @@
-//! Running one `nix` invocation: argv only, its own process group, a timeout
-//! that kills the whole group, stdout captured, stderr kept as the log.
+//! Running one `nix` invocation: a slot from the [`super::scheduler`] first,
+//! then argv only, its own process group, a timeout that kills the whole
+//! group, stdout captured, stderr rendered ([`super::log`]) into the log and
+//! handed to whoever watches the work as it comes.
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::log::{Event as LogEvent, Renderer};
+use super::scheduler::{Lane, Work};
 use super::{Nix, NixError};
 
 /// More stdout than this is not JSON we want to parse (a runaway `--apply`).
@@ -16,6 +22,8 @@ const STDOUT_LIMIT: usize = 256 << 20;
 /// How much of the end of stderr is kept for the warning log: a chatty build
 /// can write gigabytes.
 const STDERR_KEPT: usize = 1 << 20;
+/// A longer line of stderr is cut into pieces of this size.
+const MAX_LINE_BYTES: usize = 64 * 1024;
 /// The end of stderr the client sees.
 const TAIL_BYTES: usize = 4096;
 const TAIL_LINES: usize = 30;
@@ -47,19 +55,34 @@ impl Invocation {
         args.into_iter().fold(self, Invocation::arg)
     }
 
-    /// Runs it to the end or to `nix.timeout`: stdout if nix exits with 0.
+    fn command_line(&self) -> String {
+        let args = self.args.iter().map(|arg| arg.to_string_lossy());
+        args.collect::<Vec<_>>().join(" ")
+    }
+
+    /// Waits for a process slot, then runs it to the end or to
+    /// `nix.timeout`: stdout if nix exits with 0.
     pub fn run(self, nix: &Nix) -> Result<Vec<u8>, NixError> {
+        static INVOCATIONS: AtomicU64 = AtomicU64::new(0);
+        let invocation = INVOCATIONS.fetch_add(1, Ordering::Relaxed);
+        let subcommand = self.args.first().and_then(|arg| arg.to_str()).unwrap_or_default();
+        let lane = Lane::of(subcommand);
+        let _permit = nix.scheduler.acquire(lane, &nix.work, invocation)?;
+        if let Some(observer) = nix.work.observer() {
+            observer.started(invocation, lane, &format!("nix {}", self.command_line()));
+        }
         let started = Instant::now();
         let mut child = Command::new(&nix.program)
             .arg("--extra-experimental-features")
             .arg("nix-command flakes")
+            .args(["--log-format", "internal-json"])
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
-            .map_err(NixError::Spawn)?;
+            .map_err(|error| NixError::Spawn(Arc::new(error)))?;
         // process_group(0) makes nix the leader of a group of its own.
         let pgid = child.id() as libc::pid_t;
 
@@ -67,7 +90,8 @@ impl Invocation {
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         spawn_event(&events, move || Event::Stdout(read_head(stdout, STDOUT_LIMIT)));
-        spawn_event(&events, move || Event::Stderr(read_tail(stderr, STDERR_KEPT)));
+        let work = nix.work.clone();
+        spawn_event(&events, move || Event::Stderr(read_log(stderr, &work, invocation)));
         spawn_event(&events, move || wait_without_reaping(pgid));
         drop(events);
 
@@ -87,23 +111,30 @@ impl Invocation {
         if timed_out {
             finished.log("timed out");
             let secs = nix.timeout.as_secs_f64().ceil() as u64;
-            return Err(NixError::Timeout { secs, log_tail: finished.log_tail() });
+            return Err(NixError::Timeout { secs, log_tail: finished.log_tail(), error: finished.error() });
         }
         match status {
             Ok(status) if status.success() => finished.into_stdout(),
             Ok(status) => {
                 finished.log(&status.to_string());
-                Err(NixError::Failed { log_tail: finished.log_tail() })
+                Err(NixError::Failed { log_tail: finished.log_tail(), error: finished.error() })
             }
-            Err(error) => Err(NixError::Spawn(error)),
+            Err(error) => Err(NixError::Spawn(Arc::new(error))),
         }
     }
 }
 
 enum Event {
     Stdout(io::Result<Option<Vec<u8>>>),
-    Stderr(Vec<u8>),
+    Stderr(Log),
     Exited,
+}
+
+/// What an invocation said on stderr, rendered: the end of it, and its error.
+#[derive(Default)]
+struct Log {
+    text: String,
+    error: Option<String>,
 }
 
 fn spawn_event(events: &Sender<Event>, produce: impl FnOnce() -> Event + Send + 'static) {
@@ -118,7 +149,7 @@ struct Collected {
     exited: bool,
     /// `Ok(None)` when nix wrote more than [`STDOUT_LIMIT`].
     stdout: Option<io::Result<Option<Vec<u8>>>>,
-    stderr: Option<Vec<u8>>,
+    stderr: Option<Log>,
 }
 
 impl Collected {
@@ -153,17 +184,20 @@ struct Finished<'a> {
 }
 
 impl Finished<'_> {
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(self.collected.stderr.as_deref().unwrap_or_default()).into_owned()
+    fn stderr(&self) -> &str {
+        self.collected.stderr.as_ref().map_or("", |log| &log.text)
     }
 
     fn log_tail(&self) -> String {
-        log_tail(&self.stderr())
+        log_tail(self.stderr())
+    }
+
+    fn error(&self) -> Option<String> {
+        self.collected.stderr.as_ref().and_then(|log| log.error.clone())
     }
 
     fn command_line(&self) -> String {
-        let args = self.invocation.args.iter().map(|arg| arg.to_string_lossy());
-        args.collect::<Vec<_>>().join(" ")
+        self.invocation.command_line()
     }
 
     /// The one line of a failure, then the whole of what nix said.
@@ -206,22 +240,41 @@ fn read_head(mut pipe: impl Read, limit: usize) -> io::Result<Option<Vec<u8>>> {
     Ok(None)
 }
 
-/// The last `kept` bytes of `pipe` (roughly: up to twice that).
-fn read_tail(mut pipe: impl Read, kept: usize) -> Vec<u8> {
-    let mut tail = Vec::new();
-    let mut chunk = [0; 8192];
+/// Renders `pipe` line by line, passing each event to the work's observer
+/// as it comes; keeps the last [`STDERR_KEPT`] bytes (roughly: up to twice
+/// that) of the rendered text, and Nix's error.
+fn read_log(pipe: impl Read, work: &Arc<Work>, invocation: u64) -> Log {
+    let mut reader = BufReader::new(pipe);
+    let mut renderer = Renderer::default();
+    let mut log = Log::default();
+    let mut line = Vec::new();
     loop {
-        match pipe.read(&mut chunk) {
+        line.clear();
+        match reader.by_ref().take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut line) {
             Ok(0) => break,
-            Ok(read) => tail.extend_from_slice(&chunk[..read]),
+            Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
-        if tail.len() > 2 * kept {
-            tail.drain(..tail.len() - kept);
+        let text = String::from_utf8_lossy(&line);
+        let event = renderer.line(text.trim_end_matches(['\n', '\r']));
+        if let LogEvent::Line(rendered) = &event {
+            log.text.push_str(rendered);
+            log.text.push('\n');
+            if log.text.len() > 2 * STDERR_KEPT {
+                let mut cut = log.text.len() - STDERR_KEPT;
+                while !log.text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                log.text.drain(..cut);
+            }
+        }
+        if let Some(observer) = work.observer() {
+            observer.event(invocation, &event);
         }
     }
-    tail
+    log.error = renderer.error().map(str::to_owned);
+    log
 }
 
 /// Blocks until process `pid` has exited, leaving it a zombie: while it is
@@ -269,9 +322,13 @@ mod tests {
     }
 
     #[test]
-    fn read_tail_keeps_the_end() {
-        let log = vec![b'a'; 100_000].into_iter().chain(*b"end").collect::<Vec<_>>();
-        let tail = read_tail(&log[..], 10_000);
-        assert!(tail.len() <= 20_000 && tail.ends_with(b"aend"));
+    fn read_log_renders_lines_and_keeps_the_error() {
+        let stderr = "plain\n@nix {\"action\":\"msg\",\"level\":0,\"msg\":\"error: it broke\"}\n";
+        let log = read_log(stderr.as_bytes(), &Arc::new(Work::background()), 0);
+        assert_eq!(log.text, "plain\nerror: it broke\n");
+        assert_eq!(log.error.as_deref(), Some("error: it broke"));
+        let long = "x".repeat(3 * STDERR_KEPT);
+        let log = read_log(long.as_bytes(), &Arc::new(Work::background()), 0);
+        assert!(log.text.len() <= 2 * STDERR_KEPT && log.text.ends_with("xx\n"));
     }
 }

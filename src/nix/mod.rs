@@ -1,15 +1,22 @@
 //! The Nix driver: `nix` runs as a subprocess (never through a shell), each
-//! value its own argv element, with a timeout that kills its process group.
+//! value its own argv element, with a timeout that kills its process group,
+//! every process through one [`scheduler::Scheduler`].
 
 pub mod attr;
 pub mod command;
+pub mod flake;
 pub mod flakeref;
 pub mod json;
+pub mod log;
+pub mod scheduler;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use command::Invocation;
+pub use flake::LockedFlake;
+use scheduler::{Scheduler, SchedulerOptions, Work};
 
 /// One store path of a closure, as `nix path-info --json` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,40 +26,98 @@ pub struct PathInfo {
     pub references: Vec<PathBuf>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NixError {
     #[error("could not run nix: {0}")]
-    Spawn(#[source] std::io::Error),
+    Spawn(#[source] Arc<std::io::Error>),
+    /// `error` is Nix's own error report (`error: …`), if it made one.
     #[error("nix timed out after {secs} s")]
-    Timeout { secs: u64, log_tail: String },
+    Timeout { secs: u64, log_tail: String, error: Option<String> },
     #[error("nix failed")]
-    Failed { log_tail: String },
+    Failed { log_tail: String, error: Option<String> },
     #[error("unexpected output from nix: {0}")]
     Output(String),
     #[error("the flake has no attribute {name} for {system}")]
     AttrNotFound { name: String, system: String },
     #[error("the flake {flake} has no git refs, so it has no tags but latest")]
     NoRefs { flake: String },
+    /// The scheduler's queue is full, or a request's deadline passed in it.
+    #[error("too much Nix work is waiting")]
+    Busy,
+    /// The client started more Nix work than `--build-rate` allows.
+    #[error("too many requests that run Nix from this address")]
+    RateLimited { retry_after: Duration },
 }
 
 impl NixError {
-    /// The end of Nix's log, for the client (empty where there is none).
+    /// The end of Nix's log (empty where there is none).
     pub fn log_tail(&self) -> &str {
         match self {
-            NixError::Timeout { log_tail, .. } | NixError::Failed { log_tail } => log_tail,
+            NixError::Timeout { log_tail, .. } | NixError::Failed { log_tail, .. } => log_tail,
             _ => "",
+        }
+    }
+
+    /// What went wrong in a form a client may see: Nix's error line without
+    /// paths or URLs ([`log::client_reason`]), never a builder's output.
+    pub fn client_reason(&self) -> String {
+        match self {
+            NixError::Failed { error: Some(error), .. } => log::client_reason(error),
+            NixError::Timeout { error: Some(error), .. } => format!("{self}: {}", log::client_reason(error)),
+            _ => self.to_string(),
         }
     }
 }
 
-/// How to run `nix`.
-#[derive(Debug, Clone)]
+/// How to run `nix`, and for whom: clones share the scheduler and the
+/// attribute cache; [`Nix::for_work`] makes one that runs for a request or a job.
+#[derive(Clone)]
 pub struct Nix {
     pub program: PathBuf,
     pub timeout: Duration,
+    scheduler: Arc<Scheduler>,
+    work: Arc<Work>,
+    attrs: Arc<attr::Cache>,
+}
+
+impl std::fmt::Debug for Nix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nix").field("program", &self.program).field("timeout", &self.timeout).finish()
+    }
 }
 
 impl Nix {
+    /// Runs `program`, killing a run after `timeout`, with a scheduler of its own.
+    pub fn new(program: impl Into<PathBuf>, timeout: Duration, options: &SchedulerOptions) -> Nix {
+        Nix {
+            program: program.into(),
+            timeout,
+            scheduler: Arc::new(Scheduler::new(options)),
+            work: Arc::new(Work::background()),
+            attrs: Arc::new(attr::Cache::default()),
+        }
+    }
+
+    /// The same Nix, running for `work`.
+    pub fn for_work(&self, work: Arc<Work>) -> Nix {
+        Nix { work, ..self.clone() }
+    }
+
+    pub fn work(&self) -> &Arc<Work> {
+        &self.work
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// `nix flake metadata --json FLAKE`: the revision `flake` stands for now.
+    pub fn lock(&self, flake: &str) -> Result<LockedFlake, NixError> {
+        let stdout =
+            Invocation::new(["flake", "metadata", "--json", "--"], ::log::Level::Debug).arg(flake).run(self)?;
+        flake::parse_metadata(&stdout, flake)
+    }
+
     /// `nix build --json --out-link OUT_LINK INSTALLABLE`: the output paths, `out` first.
     ///
     /// Each output built gets a symlink that is a GC root: `OUT_LINK` for
@@ -64,7 +129,7 @@ impl Nix {
     /// be looked up under Nix's default prefixes (`packages.<this system>.`,
     /// then `legacyPackages.<this system>.`).
     pub fn build(&self, installable: &str, out_link: &Path) -> Result<Vec<PathBuf>, NixError> {
-        let stdout = Invocation::new(["build", "--json", "--out-link"], log::Level::Info)
+        let stdout = Invocation::new(["build", "--json", "--out-link"], ::log::Level::Info)
             .arg(out_link)
             .args(["--", installable])
             .run(self)?;
@@ -92,7 +157,7 @@ impl Nix {
     }
 
     fn eval(&self, options: &[&str], installable: &str, apply: &str) -> Result<serde_json::Value, NixError> {
-        let stdout = Invocation::new(["eval", "--json"], log::Level::Debug)
+        let stdout = Invocation::new(["eval", "--json"], ::log::Level::Debug)
             .args(options)
             .args(["--apply", apply, "--", installable])
             .run(self)?;
@@ -105,7 +170,7 @@ impl Nix {
         // With no paths nix would take the flake in the working directory.
         let Some(first) = paths.first() else { return Ok(Vec::new()) };
         let stdout =
-            Invocation::new(["path-info", "--recursive", "--json", "--"], log::Level::Debug).args(paths).run(self)?;
+            Invocation::new(["path-info", "--recursive", "--json", "--"], ::log::Level::Debug).args(paths).run(self)?;
         let store_dir = first.parent().unwrap_or(Path::new("/"));
         json::path_infos(&stdout, store_dir)
     }

@@ -15,7 +15,7 @@ use crate::http::{Handler, Request, Response, StreamBody};
 use crate::image::manifest::media_type_of;
 use crate::media_type::OCI_INDEX;
 use crate::reference::{RepoName, Tag};
-use crate::service::{BlobSource, Service, ServiceError};
+use crate::service::{BlobSource, BuildStatus, JobState, Service, ServiceError};
 
 pub struct Registry {
     service: Arc<Service>,
@@ -38,12 +38,13 @@ impl Registry {
         match route {
             Route::Base => Ok(json_response(b"{}".to_vec())),
             Route::Catalog => {
-                let (names, link) = paginate(self.service.catalog(), request)?;
+                let names = self.service.catalog(request.peer.ip()).map_err(|e| service_error(e, "the catalog"))?;
+                let (names, link) = paginate(names, request)?;
                 Ok(with_link(json_response(serde_json::to_vec(&json!({ "repositories": names })).unwrap()), link))
             }
             Route::Tags { name } => {
                 let name = parse_name(name)?;
-                let tags = self.service.tags(&name).map_err(|e| service_error(e, &name, None))?;
+                let tags = self.service.tags(&name, request.peer.ip()).map_err(|e| service_error(e, name.as_str()))?;
                 let (tags, link) = paginate(tags, request)?;
                 let body = json!({ "name": name.as_str(), "tags": tags });
                 Ok(with_link(json_response(serde_json::to_vec(&body).unwrap()), link))
@@ -74,7 +75,10 @@ impl Registry {
                     "invalid tag: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}",
                 )
             })?;
-            let resolved = self.service.resolve(&name, &tag).map_err(|e| service_error(e, &name, Some(&tag)))?;
+            let resolved = self
+                .service
+                .resolve(&name, &tag, request.peer.ip())
+                .map_err(|e| service_error(e, &format!("{name}:{tag}")))?;
             resolved.manifests[&negotiate::manifest_format(request)].clone()
         };
         let manifest = self.service.manifest(&digest).ok_or_else(|| {
@@ -89,10 +93,10 @@ impl Registry {
     }
 
     fn blob(&self, request: &Request, digest: Digest) -> Result<Response, RegistryError> {
-        let source = self
-            .service
-            .blob(&digest)
-            .ok_or_else(|| RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not known here")))?;
+        let source =
+            self.service.blob(&digest).map_err(|e| service_error(e, &format!("blob {digest}")))?.ok_or_else(|| {
+                RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not known here"))
+            })?;
         let size = source.size();
         let mut response = Response::new(200)
             .header("Content-Type", "application/octet-stream")
@@ -140,28 +144,59 @@ impl Handler for Registry {
     }
 }
 
-/// The one mapping from the engine's errors to the client's.
-fn service_error(err: ServiceError, name: &RepoName, tag: Option<&Tag>) -> RegistryError {
-    let image = match tag {
-        Some(tag) => format!("{name}:{tag}"),
-        None => name.to_string(),
-    };
+/// Seconds a client is asked to wait before it asks again while a build
+/// runs: the next request waits up to `--answer-within` itself, so a short
+/// pause keeps the image's arrival close to the build's end.
+const RETRY_BUILDING_SECS: u64 = 5;
+
+/// The one mapping from the engine's errors to the client's; `what` is the
+/// image (`name:tag`), name or blob asked for.
+fn service_error(err: ServiceError, what: &str) -> RegistryError {
     match err {
-        ServiceError::NameUnknown(message) => RegistryError::new(ErrorCode::NameUnknown, format!("{image}: {message}")),
+        ServiceError::NameUnknown(message) => RegistryError::new(ErrorCode::NameUnknown, format!("{what}: {message}")),
+        ServiceError::NameInvalid(message) => RegistryError::new(ErrorCode::NameInvalid, message),
         ServiceError::TagUnknown(message) => {
-            RegistryError::new(ErrorCode::ManifestUnknown, format!("{image}: {message}"))
+            RegistryError::new(ErrorCode::ManifestUnknown, format!("{what}: {message}"))
         }
-        ServiceError::Build { message, log_tail } => {
-            let text = if log_tail.is_empty() {
-                format!("building {image} failed: {message}")
-            } else {
-                format!("building {image} failed: {message}:\n{log_tail}")
+        ServiceError::Build { message, build } => {
+            let (text, detail) = match build {
+                Some(id) => (
+                    format!("building {what} failed: {message} (build {id}; its log: /-/builds/{id}/log)"),
+                    json!({ "build": id }),
+                ),
+                None => (format!("building {what} failed: {message}"), json!({})),
             };
-            RegistryError::new(ErrorCode::ManifestUnknown, text).with_detail(json!({ "log": log_tail }))
+            RegistryError::new(ErrorCode::ManifestUnknown, text).with_detail(detail)
         }
-        ServiceError::TooManyBuilds => RegistryError::new(ErrorCode::TooManyRequests, err.to_string()),
+        ServiceError::Building(status) => RegistryError::new(ErrorCode::TooManyRequests, building_message(&status))
+            .with_detail(json!({ "build": status.id }))
+            .with_retry_after(RETRY_BUILDING_SECS),
+        ServiceError::TooManyBuilds => RegistryError::new(ErrorCode::TooManyRequests, format!("{what}: {err}"))
+            .with_retry_after(RETRY_BUILDING_SECS),
+        ServiceError::RateLimited { retry_after } => {
+            RegistryError::new(ErrorCode::TooManyRequests, format!("{what}: {err}"))
+                .with_retry_after(retry_after.as_secs().max(1))
+        }
         ServiceError::Internal(_) => RegistryError::new(ErrorCode::Unknown, err.to_string()),
     }
+}
+
+/// What a client reads while its image builds: which image for which
+/// systems, how long, how far, which build, and to ask again.
+fn building_message(status: &BuildStatus) -> String {
+    let image = format!("{}:{} for {}", status.image, status.tag, status.systems.join(", "));
+    let elapsed = status.duration_secs.round() as u64;
+    let progress = status.progress;
+    let (doing, how_far) = match status.state {
+        JobState::Queued => ("is waiting for a build slot", format!("{elapsed} s so far")),
+        JobState::Running if progress.total > 0 => (
+            "is being built",
+            format!("{elapsed} s so far, {} of {} derivations built", progress.built, progress.total),
+        ),
+        JobState::Running => ("is being built", format!("{elapsed} s so far")),
+        _ => ("is being prepared", format!("{elapsed} s so far")),
+    };
+    format!("{image} {doing} (build {}, {how_far}); try again shortly", status.id)
 }
 
 fn parse_name(name: &str) -> Result<RepoName, RegistryError> {

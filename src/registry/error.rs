@@ -58,11 +58,18 @@ pub struct RegistryError {
     pub status: u16,
     pub message: String,
     pub detail: Option<serde_json::Value>,
+    /// Seconds for `Retry-After` (retryable answers get 1 unless set).
+    pub retry_after: Option<u64>,
 }
 
 impl RegistryError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RegistryError { code, status: code.status(), message: message.into(), detail: None }
+        RegistryError { code, status: code.status(), message: message.into(), detail: None, retry_after: None }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn with_status(mut self, status: u16) -> Self {
@@ -91,7 +98,12 @@ impl RegistryError {
             response = response.header("Allow", "GET, HEAD");
         }
         if self.code == ErrorCode::TooManyRequests || self.status == 503 {
-            response = response.header("Retry-After", "1");
+            response = response.header("Retry-After", self.retry_after.unwrap_or(1).to_string());
+        }
+        if self.status == 429 {
+            // containerd shows only the status line of an answer to a HEAD
+            // request (kubelet's events too): the message goes there as well.
+            response = response.reason(&format!("Too Many Requests: {}", self.message));
         }
         response.bytes(self.body())
     }

@@ -1,19 +1,24 @@
 //! Finding a blob: a config (kept for good), a cached layer, or a layer
-//! made again from its recipe, streamed to the client as it is produced and
-//! cached on the way when it checks out.
+//! made again from its recipe ([`super::regenerate`]: once for all who ask),
+//! streamed to the client as it is produced and cached on the way when it
+//! checks out.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
 
-use super::Service;
+use super::regenerate::Regeneration;
+use super::{Service, ServiceError};
 use crate::digest::Digest;
-use crate::image::layer::{self, LayerRecord};
+use crate::image::layer::LayerRecord;
 
 /// Where a blob's bytes come from.
 pub enum BlobSource {
     Bytes(Vec<u8>),
     File(File, u64),
-    /// Not cached (evicted, or the disk was full): generated on the way out.
+    /// Not cached (evicted): read as its regeneration writes it.
+    Regenerating(Arc<Regeneration>),
+    /// Not cached and the cache has no room (a full disk): generated for this client alone.
     Generate(LayerRecord),
 }
 
@@ -22,6 +27,7 @@ impl BlobSource {
         match self {
             BlobSource::Bytes(bytes) => bytes.len() as u64,
             BlobSource::File(_, size) => *size,
+            BlobSource::Regenerating(regeneration) => regeneration.record.size,
             BlobSource::Generate(record) => record.size,
         }
     }
@@ -31,7 +37,21 @@ impl BlobSource {
 const COPY_BUFFER: usize = 256 * 1024;
 
 impl Service {
-    pub fn blob(&self, digest: &Digest) -> Option<BlobSource> {
+    /// The blob `digest`, `None` if it is not known here. An evicted layer
+    /// joins (or starts) its regeneration; waiting longer than
+    /// `--answer-within` for it to start is [`ServiceError::TooManyBuilds`].
+    pub fn blob(&self, digest: &Digest) -> Result<Option<BlobSource>, ServiceError> {
+        let Some(found) = self.find_blob(digest) else { return Ok(None) };
+        match found {
+            BlobSource::Generate(record) => match self.regeneration(record.clone())? {
+                Some(regeneration) => Ok(Some(BlobSource::Regenerating(regeneration))),
+                None => Ok(Some(BlobSource::Generate(record))),
+            },
+            other => Ok(Some(other)),
+        }
+    }
+
+    fn find_blob(&self, digest: &Digest) -> Option<BlobSource> {
         if let Some(config) = self.meta.config(digest) {
             return Some(BlobSource::Bytes(config));
         }
@@ -57,24 +77,9 @@ impl Service {
                 file.seek(SeekFrom::Start(start))?;
                 copy_exactly(&mut file, end - start, out)
             }
-            BlobSource::Generate(record) => self.regenerate(&record, start, end, out),
+            BlobSource::Regenerating(regeneration) => self.follow(&regeneration, start, end, out),
+            BlobSource::Generate(record) => self.generate_range(&record, start, end, out),
         }
-    }
-
-    fn regenerate(&self, record: &LayerRecord, start: u64, end: u64, out: &mut dyn Write) -> io::Result<()> {
-        let started = std::time::Instant::now();
-        let window = Window { out, position: 0, start, end };
-        let tee = Tee { client: window, cache: self.blobs.writer() };
-        let (made, tee) = layer::generate(&record.source, record.compression, tee)?;
-        if made.digest != record.digest {
-            // The client checks the digest too; keeping the bytes would serve them again.
-            log::error!("layer {} came out as {} when made again; not caching it", record.digest, made.digest);
-            return Err(io::Error::other("regenerated layer does not match its digest"));
-        }
-        let evicted = self.blobs.commit(tee.cache, &made.digest, made.size);
-        log::info!("regenerated layer {} ({} bytes) in {:.1?}", made.digest, made.size, started.elapsed());
-        self.after_eviction(&evicted);
-        Ok(())
     }
 }
 
@@ -93,11 +98,11 @@ fn copy_exactly(from: &mut impl Read, mut len: u64, out: &mut dyn Write) -> io::
 }
 
 /// Passes on only the bytes in `start..end` of what is written to it.
-struct Window<'a> {
-    out: &'a mut dyn Write,
-    position: u64,
-    start: u64,
-    end: u64,
+pub(super) struct Window<'a> {
+    pub out: &'a mut dyn Write,
+    pub position: u64,
+    pub start: u64,
+    pub end: u64,
 }
 
 impl Write for Window<'_> {
@@ -114,25 +119,6 @@ impl Write for Window<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
-    }
-}
-
-/// Writes to the client and to the cache; only the client's errors count.
-struct Tee<C, K> {
-    client: C,
-    cache: K,
-}
-
-impl<C: Write, K: Write> Write for Tee<C, K> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.client.write_all(buf)?;
-        self.cache.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.client.flush()?;
-        self.cache.flush()
     }
 }
 

@@ -1,52 +1,124 @@
 //! The registry's engine: turns an image name and tag into stored manifests
-//! (building once, however many clients ask), and finds or regenerates blobs.
+//! (one build job per image however many clients ask, outliving them),
+//! serves the last image of a moving tag while its next one builds, builds
+//! ahead of pulls (prebuild, watch), and finds or regenerates blobs.
 
 mod assemble;
 mod blob;
 mod catalog;
-pub mod flight;
+pub mod jobs;
 mod plan;
+pub mod prebuild;
+mod regenerate;
 mod resolve;
+mod revisions;
+mod slots;
 
 pub use blob::BlobSource;
+pub use jobs::{BuildStatus, Job, JobState, LogChunk, Trigger};
+pub use prebuild::PrebuildOptions;
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use crate::cache::{BlobStore, MetadataStore, TagCache};
+use serde::Serialize;
+
+use crate::cache::{BlobStore, MetadataStore, Resolution, ResolutionStore, TagCache};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::image::InvalidImage;
 use crate::media_type::ManifestFormat;
-use crate::nix::{Nix, NixError};
-use crate::reference::RepoName;
-use flight::{BuildSlots, Flights};
+use crate::nix::scheduler::{SchedulerStatus, Work};
+use crate::nix::{attr, LockedFlake, Nix, NixError};
+use crate::reference::{RepoName, Tag};
+use jobs::Jobs;
+use prebuild::Watch;
+use regenerate::Regenerations;
+use revisions::Revisions;
+use slots::GenerationSlots;
 
-/// Why a name or tag could not be served. Messages are for clients: no server paths.
+/// How builds meet clients: `--answer-within`, `--negative-ttl`,
+/// `--no-stale`, `--max-compose`.
+#[derive(Debug, Clone)]
+pub struct BuildPolicy {
+    /// How long a request waits for a build (or a regeneration slot) before
+    /// it gets a retryable answer; `None` waits for the end.
+    pub answer_within: Option<Duration>,
+    /// How long a failure (unknown name or ref, failed build) is the answer.
+    pub negative_ttl: Duration,
+    /// Serve a moving tag's last image while its new revision builds.
+    pub serve_stale: bool,
+    /// The most packages one name may compose.
+    pub max_compose: usize,
+}
+
+impl Default for BuildPolicy {
+    fn default() -> Self {
+        BuildPolicy {
+            answer_within: Some(Duration::from_secs(20)),
+            negative_ttl: Duration::from_secs(30),
+            serve_stale: true,
+            max_compose: 8,
+        }
+    }
+}
+
+impl BuildPolicy {
+    fn deadline(&self) -> Option<Instant> {
+        self.answer_within.map(|within| Instant::now() + within)
+    }
+}
+
+/// Why a name or tag could not be served. Messages are for clients: no
+/// server paths, no builder output.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServiceError {
     #[error("{0}")]
     NameUnknown(String),
     #[error("{0}")]
+    NameInvalid(String),
+    #[error("{0}")]
     TagUnknown(String),
+    /// `message` is Nix's error line, redacted; `build` the id in `/-/builds`.
     #[error("{message}")]
-    Build { message: String, log_tail: String },
-    #[error("too many builds are waiting; try again later")]
+    Build { message: String, build: Option<String> },
+    /// Still building after `--answer-within`.
+    #[error("still building")]
+    Building(Box<BuildStatus>),
+    #[error("too much work is waiting; try again later")]
     TooManyBuilds,
+    #[error("too many requests that run Nix from this address; try again in {} s", retry_after.as_secs())]
+    RateLimited { retry_after: Duration },
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ServiceError {
-    fn internal(what: &str, err: io::Error) -> Self {
+    fn internal(what: &str, err: impl std::fmt::Display) -> Self {
         log::error!("{what}: {err}");
         ServiceError::Internal(what.to_string())
+    }
+
+    /// Whether asking again soon gets the same answer, so it is remembered
+    /// for `--negative-ttl`; waiting in a full queue or over a rate is not.
+    pub fn is_lasting(&self) -> bool {
+        matches!(
+            self,
+            ServiceError::NameUnknown(_)
+                | ServiceError::NameInvalid(_)
+                | ServiceError::TagUnknown(_)
+                | ServiceError::Build { .. }
+        )
     }
 }
 
 impl From<InvalidImage> for ServiceError {
     fn from(err: InvalidImage) -> Self {
-        ServiceError::Build { message: err.0, log_tail: String::new() }
+        // Clients get no host paths: store paths by their names.
+        ServiceError::Build { message: crate::nix::log::redact(&err.0), build: None }
     }
 }
 
@@ -64,8 +136,10 @@ impl From<NixError> for ServiceError {
                 log::error!("unexpected output from nix: {what}");
                 ServiceError::Internal("unexpected output from nix".into())
             }
+            NixError::Busy => ServiceError::TooManyBuilds,
+            NixError::RateLimited { retry_after } => ServiceError::RateLimited { retry_after },
             ref failed @ (NixError::Failed { .. } | NixError::Timeout { .. }) => {
-                ServiceError::Build { message: failed.to_string(), log_tail: failed.log_tail().to_string() }
+                ServiceError::Build { message: failed.client_reason(), build: None }
             }
         }
     }
@@ -77,72 +151,119 @@ pub struct ResolvedTag {
     pub manifests: BTreeMap<ManifestFormat, Digest>,
 }
 
+/// Builds and Nix, for `GET /-/builds`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildsStatus {
+    /// Running and queued builds first, then finished ones, newest first.
+    pub builds: Vec<BuildStatus>,
+    pub nix: SchedulerStatus,
+}
+
 pub struct Service {
+    me: Weak<Service>,
     config: Config,
     nix: Nix,
     blobs: BlobStore,
     meta: MetadataStore,
-    tags: TagCache<ResolvedTag>,
-    flights: Flights<(String, String), Result<ResolvedTag, ServiceError>>,
-    slots: BuildSlots,
-    catalog: TagCache<Vec<String>>,
+    resolutions: ResolutionStore,
+    /// What each (canonical name, tag) is served as now.
+    current: TagCache<Resolution>,
+    revisions: Revisions,
+    jobs: Jobs,
+    generation: GenerationSlots,
+    regenerations: Regenerations,
+    watch: Watch,
 }
 
-/// Resolved tags kept in memory.
-const TAG_CACHE_ENTRIES: usize = 4096;
-/// Builds that may wait for a slot, per slot, before clients get TOOMANYREQUESTS.
-const WAITING_BUILDS_PER_SLOT: usize = 16;
+/// Tags whose current image is kept in memory (more are read from disk).
+const CURRENT_TAGS: usize = 4096;
+/// Generations that may wait for a slot, per slot.
+const WAITING_PER_SLOT: usize = 16;
 
 impl Service {
-    pub fn open(config: Config) -> io::Result<Service> {
+    pub fn open(config: Config) -> io::Result<Arc<Service>> {
         std::fs::create_dir_all(&config.state_dir)?;
-        let nix = Nix { program: config.nix.clone(), timeout: config.build_timeout };
-        Ok(Service {
-            blobs: BlobStore::open(&config.state_dir, config.cache_size)?,
-            meta: MetadataStore::open(&config.state_dir)?,
-            tags: TagCache::new(TAG_CACHE_ENTRIES, config.tag_ttl),
-            flights: Flights::new(),
-            slots: BuildSlots::new(config.max_builds, config.max_builds * WAITING_BUILDS_PER_SLOT),
-            catalog: TagCache::new(1, config.tag_ttl),
+        let nix = Nix::new(config.nix.clone(), config.build_timeout, &config.scheduler);
+        let max_generations = config.scheduler.max_builds;
+        let blobs = BlobStore::open(&config.state_dir, config.cache_size)?;
+        let meta = MetadataStore::open(&config.state_dir)?;
+        let resolutions = ResolutionStore::open(&config.state_dir)?;
+        Ok(Arc::new_cyclic(|me| Service {
+            me: me.clone(),
+            blobs,
+            meta,
+            resolutions,
+            current: TagCache::new(CURRENT_TAGS, Duration::MAX),
+            revisions: Revisions::new(&config.flake, config.tag_ttl, config.policy.negative_ttl),
+            jobs: Jobs::new(config.policy.negative_ttl),
+            generation: GenerationSlots::new(max_generations, max_generations * WAITING_PER_SLOT),
+            regenerations: Regenerations::default(),
+            watch: Watch::default(),
             nix,
             config,
-        })
+        }))
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    fn this(&self) -> Arc<Service> {
+        self.me.upgrade().expect("the service outlives its threads' start")
+    }
+
     pub fn manifest(&self, digest: &Digest) -> Option<Vec<u8>> {
         self.meta.manifest(digest)
     }
 
-    /// Package names the flake offers for the served systems (lowercase, as
-    /// image names), with the images of directories of images as `NAME/IMAGE`.
-    pub fn catalog(&self) -> Vec<String> {
-        if let Some(names) = self.catalog.get("", "") {
-            return names;
+    /// Nix running for a client's request: charged to its rate, queued no
+    /// longer than `--answer-within`.
+    fn client_nix(&self, client: IpAddr) -> Nix {
+        self.nix.for_work(Arc::new(Work::for_client(client, self.config.policy.deadline())))
+    }
+
+    /// The revision of `latest` to list names and tags from: the last one
+    /// found, even when its time is up (a build job looks again), else a new lookup.
+    fn latest_revision(&self, nix: &Nix) -> Result<LockedFlake, ServiceError> {
+        match self.revisions.peek(&Tag::latest()) {
+            Some((locked, _)) => Ok(locked),
+            None => self.revisions.get(nix, &Tag::latest()),
         }
+    }
+
+    /// Package names the flake offers for the served systems (lowercase, as image names).
+    pub fn catalog(&self, client: IpAddr) -> Result<Vec<String>, ServiceError> {
+        self.package_names(&self.client_nix(client))
+    }
+
+    fn package_names(&self, nix: &Nix) -> Result<Vec<String>, ServiceError> {
+        let locked = self.latest_revision(nix)?;
         let mut names = Vec::new();
         for system in &self.config.systems {
-            names.extend(catalog::names(&self.nix, &self.config.flake, system));
+            match catalog::names(nix, &locked, system) {
+                Ok(found) => names.extend(found),
+                // A full queue or a spent rate is an answer of its own.
+                Err(error) => return Err(error.into()),
+            }
         }
         names.retain(|n| RepoName::parse(n).is_some());
         names.sort();
         names.dedup();
-        self.catalog.insert("", "", names.clone(), false);
-        names
+        Ok(names)
     }
 
-    /// The tags of an existing name: `latest` and those resolved so far.
+    /// The tags of an existing name: `latest` and those served so far.
     /// For `a/b` the attribute `a` is enough (it may be a directory of
     /// images; which images it holds is only known once it is built).
-    pub fn tags(&self, name: &RepoName) -> Result<Vec<String>, ServiceError> {
+    pub fn tags(&self, name: &RepoName, client: IpAddr) -> Result<Vec<String>, ServiceError> {
+        self.check_compose(name)?;
+        let nix = self.client_nix(client);
+        let locked = self.latest_revision(&nix)?;
         let exists_for = |system: &String| {
-            let resolve = |segment: &&str| crate::nix::attr::resolve(&self.nix, &self.config.flake, system, segment);
+            let resolve = |segment: &str| attr::resolve(&nix, &locked, system, segment).map(drop);
             match name.directory_and_image() {
-                Some((directory, _)) => resolve(&directory).map(drop),
-                None => name.packages().iter().try_for_each(|segment| resolve(segment).map(drop)),
+                Some((directory, _)) => resolve(directory),
+                None => name.packages().iter().try_for_each(|segment| resolve(segment)),
             }
         };
         let mut outcomes = self.config.systems.iter().map(exists_for);
@@ -150,11 +271,33 @@ impl Service {
         if first.is_err() && !outcomes.any(|o| o.is_ok()) {
             first?;
         }
-        let mut tags = self.tags.tags_of(&name.canonical());
+        let mut tags = self.current.tags_of(&name.canonical());
         tags.push("latest".into());
         tags.sort();
         tags.dedup();
         Ok(tags)
+    }
+
+    /// A name composing more than `--max-compose` packages is refused before any work.
+    fn check_compose(&self, name: &RepoName) -> Result<(), ServiceError> {
+        let count = name.packages().len();
+        let max = self.config.policy.max_compose;
+        if count > max {
+            return Err(ServiceError::NameInvalid(format!(
+                "{name} composes {count} packages; at most {max} may be composed in one name"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Running, queued and recent builds, and what Nix is doing.
+    pub fn builds(&self) -> BuildsStatus {
+        BuildsStatus { builds: self.jobs.statuses(), nix: self.nix.scheduler().status() }
+    }
+
+    /// A build listed in [`Service::builds`], to read its log.
+    pub fn build(&self, id: &str) -> Option<Arc<Job>> {
+        self.jobs.get(id)
     }
 
     /// Drops the GC roots of images none of whose layers are cached any more.

@@ -21,7 +21,7 @@ use crate::image::layer::LayerSource;
 use crate::image::manifest::{ImageConfig, Platform};
 use crate::image::output::{self, OutputKind};
 use crate::image::{nix2container, popularity, ImageRecipe, InvalidImage, Ownership};
-use crate::nix::{attr, flakeref, Nix, NixError};
+use crate::nix::{attr, LockedFlake, Nix, NixError};
 use crate::reference::{RepoName, Tag};
 
 /// Everything needed to generate an image, before any layer is written.
@@ -60,22 +60,23 @@ impl ImagePlan {
     }
 }
 
-/// Resolves, builds and plans the image `name:tag` with Nix.
+/// Resolves, builds and plans the image `name:tag` with Nix, from `flake`
+/// (the revision `tag` stands for).
 pub fn plan_image(
     config: &Config,
     nix: &Nix,
+    flake: &LockedFlake,
     name: &RepoName,
     tag: &Tag,
     system: &str,
 ) -> Result<ImagePlan, ServiceError> {
-    let flake = flakeref::for_tag(&config.flake, tag.as_str())?;
     let roots_dir = gcroots_dir(config, name, tag, system);
     fs::create_dir_all(&roots_dir).map_err(|e| ServiceError::internal("creating the GC root directory", e))?;
 
     // `a/b` first: image `b` of directory `a`, if `a` is one.
     let mut prebuilt = None;
     if let Some((directory, image)) = name.directory_and_image() {
-        match directory_image(nix, &flake, system, &roots_dir, directory, image)? {
+        match directory_image(nix, flake, system, &roots_dir, directory, image)? {
             Directory::Image(archive) => return archive_image(&archive, system, out_links(&roots_dir)),
             Directory::Built(package, outputs) => prebuilt = Some((directory, package, outputs)),
             Directory::None => {}
@@ -87,7 +88,7 @@ pub fn plan_image(
     for segment in &segments {
         packages.push(match &prebuilt {
             Some((built, package, _)) if built == segment => package.clone(),
-            _ => attr::resolve(nix, &flake, system, segment)?,
+            _ => attr::resolve(nix, flake, system, segment)?,
         });
     }
 
@@ -139,7 +140,7 @@ enum Directory {
 /// looks for archive `image` in it.
 fn directory_image(
     nix: &Nix,
-    flake: &str,
+    flake: &LockedFlake,
     system: &str,
     roots_dir: &Path,
     directory: &str,
@@ -213,13 +214,11 @@ fn out_links(roots_dir: &Path) -> Vec<PathBuf> {
 
 fn conf_image(conf_path: &Path, system: &str, gcroots: Vec<PathBuf>) -> Result<ImagePlan, ServiceError> {
     let bytes = fs::read(conf_path).map_err(|e| ServiceError::internal("reading the image conf", e))?;
-    let conf = LayeredImageConf::parse(&bytes).map_err(|e| ServiceError::Build {
-        message: format!("the image conf is not usable: {e}"),
-        log_tail: String::new(),
-    })?;
+    let conf = LayeredImageConf::parse(&bytes)
+        .map_err(|e| ServiceError::Build { message: format!("the image conf is not usable: {e}"), build: None })?;
     let bad_conf = |e: crate::image::conf::ConfError| ServiceError::Build {
         message: format!("the image conf is not usable: {e}"),
-        log_tail: String::new(),
+        build: None,
     };
     let owner = conf.ownership().map_err(bad_conf)?;
 

@@ -1,40 +1,169 @@
-//! Resolving `name:tag`: one build per image at a time, the systems of a
-//! tag built concurrently, and with several systems an image index (or
-//! Docker manifest list) over the platforms that built.
+//! Resolving `name:tag`. A tag stands for a flake revision
+//! ([`super::revisions`]); the image of a name at a revision is built once
+//! (by a job, [`super::jobs`]) and kept by revision and by tag
+//! ([`crate::cache::ResolutionStore`]), so that a restart or another tag at
+//! the same revision builds nothing.
+//!
+//! A request gets, in order: the tag's image if its revision is still the
+//! current one; the tag's last image while a job builds the next, unless
+//! `--no-stale`; a failure of the last `--negative-ttl`; or the outcome of
+//! the tag's job, waited for up to `--answer-within`, after which it gets a
+//! retryable answer saying how far the build is, while the job goes on.
+//! The systems of a tag build concurrently; several systems make an image
+//! index (or Docker manifest list) over those that built.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::json;
+
+use super::jobs::{Job, JobKey, Started, Trigger};
 use super::{plan, ResolvedTag, Service, ServiceError};
-use crate::cache::ImageRecord;
+use crate::cache::{ImageRecord, Resolution};
+use crate::digest::Digest;
 use crate::image::manifest;
 use crate::media_type::ManifestFormat;
+use crate::nix::{LockedFlake, Nix};
 use crate::reference::{RepoName, Tag};
 
+/// Bump when what an image is made of changes, so that stored resolutions are not reused.
+const RESOLUTION_VERSION: u32 = 1;
+
 impl Service {
-    /// The manifests for `name:tag`, building the image if needed. Concurrent
-    /// callers for the same image share one build.
-    pub fn resolve(&self, name: &RepoName, tag: &Tag) -> Result<ResolvedTag, ServiceError> {
-        let canonical = name.canonical();
-        if let Some(resolved) = self.tags.get(&canonical, tag.as_str()) {
-            return Ok(resolved);
-        }
-        let abandoned = Err(ServiceError::Internal("the build was abandoned".into()));
-        self.flights.run((canonical.clone(), tag.to_string()), abandoned, || {
-            if let Some(resolved) = self.tags.get(&canonical, tag.as_str()) {
-                return Ok(resolved);
+    /// The manifests for `name:tag` as `client` gets them (see the module's doc).
+    pub fn resolve(&self, name: &RepoName, tag: &Tag, client: IpAddr) -> Result<ResolvedTag, ServiceError> {
+        self.check_compose(name)?;
+        let key: JobKey = (name.canonical(), tag.to_string());
+        if let Some(current) = self.current(name, tag) {
+            if self.is_current(tag, &current) {
+                return Ok(ResolvedTag { manifests: current.manifests });
             }
-            let resolved = self.build_tag(name, tag)?;
-            self.tags.insert(&canonical, tag.as_str(), resolved.clone(), tag.is_revision());
-            Ok(resolved)
-        })
+            if self.config.policy.serve_stale {
+                self.start_job(name, tag, Trigger::Refresh, None);
+                return Ok(ResolvedTag { manifests: current.manifests });
+            }
+        }
+        let job = match self.jobs.start(key, &self.config.systems, Trigger::Client, Some(client)) {
+            Started::Failed(error) => return Err(error),
+            Started::New(job) => self.spawn_job(job, name, tag),
+            Started::Running(job) => job,
+        };
+        job.work.make_urgent(self.nix.scheduler());
+        job.wait(self.config.policy.deadline()).unwrap_or_else(|| Err(ServiceError::Building(Box::new(job.status()))))
     }
 
-    fn build_tag(&self, name: &RepoName, tag: &Tag) -> Result<ResolvedTag, ServiceError> {
+    /// Starts a job for `name:tag` unless one runs or the last failed lately.
+    pub(super) fn start_job(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+        trigger: Trigger,
+        client: Option<IpAddr>,
+    ) -> Option<Arc<Job>> {
+        match self.jobs.start((name.canonical(), tag.to_string()), &self.config.systems, trigger, client) {
+            Started::New(job) => Some(self.spawn_job(job, name, tag)),
+            Started::Running(job) => Some(job),
+            Started::Failed(_) => None,
+        }
+    }
+
+    fn spawn_job(&self, job: Arc<Job>, name: &RepoName, tag: &Tag) -> Arc<Job> {
+        let (this, running, name, tag) = (self.this(), job.clone(), name.clone(), tag.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("job {}", job.id))
+            .spawn(move || this.jobs.run(&running, || this.run_job(&running, &name, &tag)));
+        if let Err(error) = spawned {
+            let failed = ServiceError::internal("starting a build thread", error);
+            self.jobs.run(&job, || Err(failed));
+        }
+        job
+    }
+
+    /// What `name:tag` is served as now: from memory, else from disk if its manifests are still there.
+    pub(super) fn current(&self, name: &RepoName, tag: &Tag) -> Option<Resolution> {
+        let canonical = name.canonical();
+        if let Some(current) = self.current.get(&canonical, tag.as_str()) {
+            return Some(current);
+        }
+        let stored = self.resolutions.get(&self.tag_key(&canonical, tag)).filter(|r| self.is_complete(r))?;
+        self.current.insert(&canonical, tag.as_str(), stored.clone(), true);
+        Some(stored)
+    }
+
+    /// Whether `current` is of the revision `tag` stands for now (a revision tag always is).
+    pub(super) fn is_current(&self, tag: &Tag, current: &Resolution) -> bool {
+        tag.is_revision()
+            || self.revisions.peek(tag).is_some_and(|(locked, fresh)| fresh && locked.revision == current.revision)
+    }
+
+    fn is_complete(&self, resolution: &Resolution) -> bool {
+        resolution.manifests.values().all(|digest| self.meta.manifest(digest).is_some())
+    }
+
+    /// The job: the tag's revision, then the image at that revision, built unless it was before.
+    fn run_job(&self, job: &Job, name: &RepoName, tag: &Tag) -> Result<ResolvedTag, ServiceError> {
+        let nix = self.nix.for_work(job.work.clone());
+        let locked = self.revisions.get(&nix, tag)?;
+        job.set_revision(&locked.revision);
+        let canonical = name.canonical();
+        let found = self.current(name, tag).filter(|current| current.revision == locked.revision);
+        let found = found.or_else(|| {
+            self.resolutions.get(&self.revision_key(&canonical, &locked.revision)).filter(|r| self.is_complete(r))
+        });
+        let resolution = match found {
+            Some(resolution) => resolution,
+            None => {
+                job.note(&format!(
+                    "building {canonical}:{tag} for {} at revision {}",
+                    self.config.systems.join(", "),
+                    locked.short_revision()
+                ));
+                let resolved = self.build_tag(name, tag, &locked, &nix)?;
+                let resolution = Resolution { revision: locked.revision.clone(), manifests: resolved.manifests };
+                self.resolutions.put(&self.revision_key(&canonical, &locked.revision), &resolution);
+                resolution
+            }
+        };
+        // The switch: from here on the tag is served as this image.
+        self.resolutions.put(&self.tag_key(&canonical, tag), &resolution);
+        self.current.insert(&canonical, tag.as_str(), resolution.clone(), true);
+        Ok(ResolvedTag { manifests: resolution.manifests })
+    }
+
+    /// Identifies a stored resolution: what it is of, and every setting that changes images.
+    fn resolution_key(&self, of: serde_json::Value) -> Digest {
+        let identity = json!({
+            "version": RESOLUTION_VERSION,
+            "of": of,
+            "flake": self.config.flake,
+            "systems": self.config.systems,
+            "compression": self.config.compression,
+            "max_layers": self.config.max_layers,
+        });
+        Digest::of(&serde_json::to_vec(&identity).expect("keys serialize"))
+    }
+
+    fn tag_key(&self, canonical: &str, tag: &Tag) -> Digest {
+        self.resolution_key(json!({ "name": canonical, "tag": tag.as_str() }))
+    }
+
+    fn revision_key(&self, canonical: &str, revision: &str) -> Digest {
+        self.resolution_key(json!({ "name": canonical, "revision": revision }))
+    }
+
+    fn build_tag(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+        locked: &LockedFlake,
+        nix: &Nix,
+    ) -> Result<ResolvedTag, ServiceError> {
         let systems = &self.config.systems;
         let results: Vec<Result<ImageRecord, ServiceError>> = std::thread::scope(|scope| {
             let builds: Vec<_> =
-                systems.iter().map(|system| scope.spawn(|| self.build_image(name, tag, system))).collect();
+                systems.iter().map(|system| scope.spawn(|| self.build_image(name, tag, locked, system, nix))).collect();
             builds
                 .into_iter()
                 .map(|b| b.join().unwrap_or_else(|_| Err(ServiceError::Internal("a build panicked".into()))))
@@ -80,11 +209,20 @@ impl Service {
     }
 
     /// Builds and stores the image of `name:tag` for one system.
-    fn build_image(&self, name: &RepoName, tag: &Tag, system: &str) -> Result<ImageRecord, ServiceError> {
-        let _slot = self.slots.acquire().ok_or(ServiceError::TooManyBuilds)?;
+    fn build_image(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+        locked: &LockedFlake,
+        system: &str,
+        nix: &Nix,
+    ) -> Result<ImageRecord, ServiceError> {
         let started = Instant::now();
         let image = format!("{}:{tag} for {system}", name.canonical());
-        let result = plan::plan_image(&self.config, &self.nix, name, tag, system).and_then(|plan| self.assemble(&plan));
+        let result = plan::plan_image(&self.config, nix, locked, name, tag, system).and_then(|plan| {
+            let _slot = self.generation.acquire(None).ok_or(ServiceError::TooManyBuilds)?;
+            self.assemble(&plan)
+        });
         match &result {
             Ok(record) => log::info!(
                 "image {image} ready in {:.1?}: {} layers, {}",

@@ -1,5 +1,6 @@
-//! Build coordination: one build per key at a time (everyone asking for the
-//! same image waits for the same build) and a global cap on concurrent builds.
+//! Running a function once per key among concurrent callers (a "single
+//! flight"): everyone asking for the same thing at the same time waits for
+//! the same run and gets its result.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -77,47 +78,6 @@ impl<K: Eq + Hash + Clone, V: Clone> Drop for Landing<'_, K, V> {
     }
 }
 
-/// A counting semaphore for builds, with a bound on how many may wait.
-pub struct BuildSlots {
-    state: Mutex<(usize, usize)>,
-    freed: Condvar,
-    max_running: usize,
-    max_waiting: usize,
-}
-
-/// Held while a build runs.
-pub struct BuildSlot<'a>(&'a BuildSlots);
-
-impl BuildSlots {
-    pub fn new(max_running: usize, max_waiting: usize) -> Self {
-        BuildSlots { state: Mutex::new((0, 0)), freed: Condvar::new(), max_running: max_running.max(1), max_waiting }
-    }
-
-    /// Waits for a free slot; `None` when too many builds are waiting already.
-    pub fn acquire(&self) -> Option<BuildSlot<'_>> {
-        let mut state = self.state.lock().unwrap();
-        if state.0 >= self.max_running {
-            if state.1 >= self.max_waiting {
-                return None;
-            }
-            state.1 += 1;
-            while state.0 >= self.max_running {
-                state = self.freed.wait(state).unwrap();
-            }
-            state.1 -= 1;
-        }
-        state.0 += 1;
-        Some(BuildSlot(self))
-    }
-}
-
-impl Drop for BuildSlot<'_> {
-    fn drop(&mut self) {
-        self.0.state.lock().unwrap().0 -= 1;
-        self.0.freed.notify_one();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,14 +123,5 @@ mod tests {
             assert_eq!(flights.run(1, Err("abandoned"), || Ok(2)), Err("abandoned"));
             assert!(leader.join().unwrap().is_err());
         });
-    }
-
-    #[test]
-    fn slots_cap_and_bound_waiters() {
-        let slots = BuildSlots::new(1, 0);
-        let held = slots.acquire().unwrap();
-        assert!(slots.acquire().is_none());
-        drop(held);
-        assert!(slots.acquire().is_some());
     }
 }

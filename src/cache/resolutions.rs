@@ -1,0 +1,81 @@
+//! Which manifests an image name stood for, kept on disk so that a restart
+//! serves what was built without building again: by tag (what the tag was
+//! last built as: stale-while-revalidate starts from there) and by flake
+//! revision (a revision built once is never built again, under any tag).
+//! The keys are made by the service; they cover the settings that change
+//! images (compression, systems, ...).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::media_type::ManifestFormat;
+
+/// The image a name stood for at a revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// The flake revision it was built from (a git commit or `sha256-…`).
+    pub revision: String,
+    pub manifests: BTreeMap<ManifestFormat, Digest>,
+}
+
+pub struct ResolutionStore {
+    dir: PathBuf,
+    tmp_dir: PathBuf,
+}
+
+impl ResolutionStore {
+    pub fn open(state_dir: &Path) -> io::Result<ResolutionStore> {
+        let dir = state_dir.join("resolutions");
+        let tmp_dir = state_dir.join("tmp").join("resolutions");
+        fs::create_dir_all(&dir)?;
+        let _ = fs::remove_dir_all(&tmp_dir);
+        fs::create_dir_all(&tmp_dir)?;
+        Ok(ResolutionStore { dir, tmp_dir })
+    }
+
+    /// The resolution stored under `key`; one that does not parse is ignored (and logged).
+    pub fn get(&self, key: &Digest) -> Option<Resolution> {
+        let bytes = fs::read(self.dir.join(key.hex())).ok()?;
+        serde_json::from_slice(&bytes)
+            .inspect_err(|err| log::warn!("resolutions: ignoring unreadable {}: {err}", key.hex()))
+            .ok()
+    }
+
+    /// Stores `resolution` under `key`; a failure (a full disk) only costs a rebuild after a restart.
+    pub fn put(&self, key: &Digest, resolution: &Resolution) {
+        let bytes = serde_json::to_vec(resolution).expect("resolutions serialize");
+        if let Err(err) = super::write_atomic(&self.tmp_dir, &self.dir.join(key.hex()), &bytes) {
+            log::warn!("resolutions: could not keep {} ({err}); it is built again after a restart", key.hex());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen() {
+        let state = std::env::temp_dir().join(format!("flakeforge-resolutions-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        let store = ResolutionStore::open(&state).unwrap();
+        let resolution = Resolution {
+            revision: "0123456789abcdef0123456789abcdef01234567".into(),
+            manifests: BTreeMap::from([(ManifestFormat::Oci, Digest::of(b"m"))]),
+        };
+        let key = Digest::of(b"key");
+        assert!(store.get(&key).is_none());
+        store.put(&key, &resolution);
+        drop(store);
+        let store = ResolutionStore::open(&state).unwrap();
+        assert_eq!(store.get(&key), Some(resolution));
+        fs::write(state.join("resolutions").join(key.hex()), b"{").unwrap();
+        assert!(store.get(&key).is_none());
+        fs::remove_dir_all(&state).unwrap();
+    }
+}

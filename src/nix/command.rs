@@ -55,8 +55,9 @@ impl Invocation {
         args.into_iter().fold(self, Invocation::arg)
     }
 
+    /// The arguments on one line (an `--apply` function's lines joined), for logs.
     fn command_line(&self) -> String {
-        let args = self.args.iter().map(|arg| arg.to_string_lossy());
+        let args = self.args.iter().map(|arg| arg.to_string_lossy().split_whitespace().collect::<Vec<_>>().join(" "));
         args.collect::<Vec<_>>().join(" ")
     }
 

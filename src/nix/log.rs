@@ -75,7 +75,7 @@ impl Renderer {
         match event["action"].as_str() {
             Some("msg") if shown(&event) => {
                 let text = strip_ansi(event["msg"].as_str().unwrap_or_default());
-                if event["level"].as_u64() == Some(0) {
+                if event["level"].as_u64() == Some(0) && text.starts_with("error:") {
                     self.error = Some(text.clone());
                 }
                 Event::Line(text)

@@ -111,10 +111,13 @@ impl Nix {
         &self.scheduler
     }
 
-    /// `nix flake metadata --json FLAKE`: the revision `flake` stands for now.
+    /// `nix flake metadata --json --refresh FLAKE`: the revision `flake`
+    /// stands for now. Without `--refresh` Nix answers a remote or bare git
+    /// repository (and `github:`) from its cache for `tarball-ttl` (an hour).
     pub fn lock(&self, flake: &str) -> Result<LockedFlake, NixError> {
-        let stdout =
-            Invocation::new(["flake", "metadata", "--json", "--"], ::log::Level::Debug).arg(flake).run(self)?;
+        let stdout = Invocation::new(["flake", "metadata", "--json", "--refresh", "--"], ::log::Level::Debug)
+            .arg(flake)
+            .run(self)?;
         flake::parse_metadata(&stdout, flake)
     }
 

@@ -63,6 +63,17 @@ pub enum Trigger {
     Watch,
 }
 
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Client => "client",
+            Trigger::Refresh => "refresh",
+            Trigger::Prebuild => "prebuild",
+            Trigger::Watch => "watch",
+        }
+    }
+}
+
 pub struct Job {
     pub id: String,
     pub key: JobKey,

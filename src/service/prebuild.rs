@@ -25,6 +25,22 @@ pub struct PrebuildOptions {
     pub watch_interval: Option<Duration>,
 }
 
+/// How one image's prebuild ended.
+enum Outcome {
+    /// `built`: a `nix build` ran for it (else it was built before).
+    Ready {
+        built: bool,
+    },
+    Failed,
+}
+
+#[derive(Default)]
+struct Tally {
+    ready: usize,
+    built: usize,
+    failed: usize,
+}
+
 /// How often the watch looks at the signal counter while it waits.
 const SIGNAL_POLL: Duration = Duration::from_millis(200);
 
@@ -144,29 +160,49 @@ impl Service {
             return;
         }
         let next = Mutex::new(targets.iter());
+        let tally = Mutex::new(Tally::default());
         let workers = self.config.scheduler.max_builds.clamp(1, targets.len());
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| loop {
                     let Some((name, tag)) = next.lock().unwrap().next() else { break };
-                    self.prebuild_one(name, tag, trigger);
+                    let outcome = self.prebuild_one(name, tag, trigger);
+                    let mut tally = tally.lock().unwrap();
+                    match outcome {
+                        Outcome::Ready { built } => {
+                            tally.ready += 1;
+                            tally.built += usize::from(built);
+                        }
+                        Outcome::Failed => tally.failed += 1,
+                    }
                 });
             }
         });
+        let tally = tally.into_inner().unwrap();
+        log::info!(
+            "prebuild ({}): {} of {} images ready, {} of them built now, {} failed",
+            trigger.as_str(),
+            tally.ready,
+            targets.len(),
+            tally.built,
+            tally.failed
+        );
     }
 
-    fn prebuild_one(&self, name: &RepoName, tag: &Tag, trigger: Trigger) {
+    fn prebuild_one(&self, name: &RepoName, tag: &Tag, trigger: Trigger) -> Outcome {
+        let mut built = false;
         // A job that was running already may have started from the revision before.
         for _ in 0..2 {
-            let Some(job) = self.start_job(name, tag, trigger, None) else { return };
-            match job.wait(None) {
-                Some(Ok(_)) => log::debug!("prebuild: {name}:{tag} is ready"),
-                Some(Err(error)) => return log::warn!("prebuild: {name}:{tag}: {error}"),
-                None => return,
+            let Some(job) = self.start_job(name, tag, trigger, None) else { return Outcome::Failed };
+            if let Some(Err(error)) = job.wait(None) {
+                log::warn!("prebuild: {name}:{tag}: {error}");
+                return Outcome::Failed;
             }
+            built |= job.is_build();
             if self.current(name, tag).is_some_and(|current| self.is_current(tag, &current)) {
-                return;
+                break;
             }
         }
+        Outcome::Ready { built }
     }
 }

@@ -192,6 +192,11 @@ impl Containerd {
     pub fn ctr(&self, args: &[&str]) -> String {
         run_ok(Command::new("ctr").arg("--address").arg(&self.socket).args(args), 300)
     }
+
+    /// Runs and returns (success, stdout + stderr).
+    pub fn try_ctr(&self, args: &[&str]) -> (bool, String) {
+        run_capture(Command::new("ctr").arg("--address").arg(&self.socket).args(args), 300)
+    }
 }
 
 /// Debian's docker-registry (CNCF distribution) on a free loopback port, with

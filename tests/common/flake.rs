@@ -13,7 +13,12 @@ use super::{require_tool, run_ok, TestDir};
 
 pub struct TestFlake {
     dir: TestDir,
+    small: bool,
 }
+
+/// Seconds the `slow` package takes to build: longer than the 40 s docker
+/// waits for two answers (HEAD, then GET) at the default `--answer-within`.
+pub const SLOW_SECONDS: u64 = 50;
 
 /// Seconds the `sleeper` build sleeps: different in every flake, so a test
 /// can find its own builder among the processes (`sleep <seconds>`).
@@ -22,11 +27,10 @@ fn sleep_seconds(dir: &Path) -> u64 {
     100_000 + unique % 900_000
 }
 
-/// The flake. `@SYSTEM@` is the host's system; `tools` holds busybox.
-const FLAKE: &str = r#####"{
-  description = "flakeforge test flake";
-  outputs = { self }:
-    let
+/// What both test flakes start with: `run` (a busybox derivation), `busybox`
+/// itself and `script` (a package printing a line). `@SYSTEM@` is the
+/// host's system; `tools` holds busybox.
+const PRELUDE: &str = r#####"
       system = "@SYSTEM@";
       tools = builtins.path { path = ./tools; name = "test-tools"; };
       bb = "${tools}/busybox";
@@ -40,11 +44,22 @@ const FLAKE: &str = r#####"{
         ${bb} cp ${bb} $out/bin/busybox
         for a in $(${bb} --list); do [ $a = busybox ] || ${bb} ln -s busybox $out/bin/$a; done
       '' { };
-      script = name: line: run name ''
+      # A package whose program prints `line`; `before` runs first in its build.
+      scriptAfter = before: name: line: run name ''
+        ${before}
         ${bb} mkdir -p $out/bin
         ${bb} printf '#!${busybox}/bin/sh\necho "%s"\n' "$line" > $out/bin/${name}
         ${bb} chmod +x $out/bin/${name}
       '' { inherit line; } // { meta.mainProgram = name; };
+      script = scriptAfter "";
+"#####;
+
+/// The flake.
+const FLAKE: &str = r#####"{
+  description = "flakeforge test flake";
+  outputs = { self }:
+    let
+@PRELUDE@
       hello = script "hello" "@HELLO@";
       customisation = run "customisation-layer" ''
         set -e
@@ -88,6 +103,14 @@ const FLAKE: &str = r#####"{
         Upper = script "upper" "upper case";
         broken = run "broken" "echo flakeforge-test-build-failure >&2; exit 3" { };
         sleeper = run "sleeper" "${bb} sleep @SLEEP@" { };
+        # Two quick parts, then @SLOW@ s: a build that outlasts a client's patience.
+        slow = run "slow" ''
+          ${bb} echo "slow: waiting @SLOW@ s"
+          ${bb} sleep @SLOW@
+          ${bb} mkdir -p $out/bin
+          ${bb} printf '#!${busybox}/bin/sh\necho "slow and steady"\n' > $out/bin/slow
+          ${bb} chmod +x $out/bin/slow
+        '' { parts = map (n: run "slow-part-${n}" "echo @SLEEP@ > $out" { }) [ "1" "2" ]; } // { meta.mainProgram = "slow"; };
         img = image "img" { };
         based = image "based" { from_image = "${base}"; };
         # As the original flakeforge's streamLayeredImageConf: the output is the conf.
@@ -95,6 +118,23 @@ const FLAKE: &str = r#####"{
       };
       legacyPackages.${system}.tools = {
         jq = script "jq" "not really jq";
+      };
+    };
+}
+"#####;
+
+/// A flake of two packages, to build all of it (`--prebuild-all`): `hello`
+/// (whose build runs `@HELLO_BUILD@` first) and `motd`, both built anew for
+/// every flake (`@SLEEP@` differs): a test sees what it builds itself.
+const SMALL_FLAKE: &str = r#####"{
+  description = "flakeforge test flake, small";
+  outputs = { self }:
+    let
+@PRELUDE@
+    in {
+      packages.${system} = {
+        hello = scriptAfter "@HELLO_BUILD@ # @SLEEP@" "hello" "@HELLO@";
+        motd = scriptAfter "# @SLEEP@" "motd" "message of the day";
       };
     };
 }
@@ -139,6 +179,12 @@ const ARM64_BUSYBOX: &str = "/opt/flakeforge-test/arm64/bin/busybox";
 
 pub const HELLO: &str = "Hello from the flakeforge test flake";
 
+/// Fills in the host's system and what `hello` prints.
+fn substitute(text: &str, hello: &str) -> String {
+    let system = format!("{}-linux", std::env::consts::ARCH);
+    text.replace("@SYSTEM@", &system).replace("@HELLO@", hello)
+}
+
 impl TestFlake {
     pub fn new() -> TestFlake {
         Self::with_hello(HELLO)
@@ -146,40 +192,59 @@ impl TestFlake {
 
     /// The flake, with `hello` printing `line`.
     pub fn with_hello(line: &str) -> TestFlake {
-        let flake = Self::with_tools();
+        let flake = Self::with_tools(false);
         flake.write_flake(line);
         flake
     }
 
     /// A flake of another text (a test flake of its own), with busybox in `tools/` too.
     pub fn with_text(flake_nix: &str) -> TestFlake {
-        let flake = Self::with_tools();
+        let flake = Self::with_tools(false);
         fs::write(flake.path().join("flake.nix"), flake_nix).unwrap();
         flake
     }
 
-    fn with_tools() -> TestFlake {
+    /// The small flake ([`SMALL_FLAKE`]), with `hello` printing `line`.
+    pub fn small(line: &str) -> TestFlake {
+        let flake = Self::with_tools(true);
+        flake.write_small(line, "");
+        flake
+    }
+
+    fn with_tools(small: bool) -> TestFlake {
         require_tool("nix");
         assert!(Path::new("/bin/busybox").is_file(), "/bin/busybox is missing: install busybox-static");
         let dir = TestDir::new();
         fs::create_dir_all(dir.path().join("tools")).unwrap();
         fs::copy("/bin/busybox", dir.path().join("tools/busybox")).unwrap();
-        TestFlake { dir }
+        TestFlake { dir, small }
+    }
+
+    /// The small flake with `hello` printing `line`, its build running the shell code `before` first.
+    pub fn write_small(&self, line: &str, before: &str) {
+        assert!(self.small, "not the small flake");
+        let text = SMALL_FLAKE
+            .replace("@PRELUDE@", PRELUDE)
+            .replace("@HELLO_BUILD@", before)
+            .replace("@SLEEP@", &sleep_seconds(self.path()).to_string());
+        fs::write(self.path().join("flake.nix"), substitute(&text, line)).unwrap();
     }
 
     fn write_flake(&self, hello: &str) {
-        let system = format!("{}-linux", std::env::consts::ARCH);
+        if self.small {
+            return self.write_small(hello, "");
+        }
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
             other => other,
         };
         let text = FLAKE
-            .replace("@SYSTEM@", &system)
+            .replace("@PRELUDE@", PRELUDE)
             .replace("@ARCH@", arch)
-            .replace("@HELLO@", hello)
-            .replace("@SLEEP@", &sleep_seconds(self.path()).to_string());
-        fs::write(self.path().join("flake.nix"), text).unwrap();
+            .replace("@SLEEP@", &sleep_seconds(self.path()).to_string())
+            .replace("@SLOW@", &SLOW_SECONDS.to_string());
+        fs::write(self.path().join("flake.nix"), substitute(&text, hello)).unwrap();
     }
 
     /// The two-architecture flake (needs qemu-user for aarch64 builds).
@@ -196,7 +261,7 @@ impl TestFlake {
             fs::copy(busybox, dir.path().join(format!("tools-{arch}/busybox"))).unwrap();
         }
         fs::write(dir.path().join("flake.nix"), MULTIARCH_FLAKE).unwrap();
-        TestFlake { dir }
+        TestFlake { dir, small: false }
     }
 
     pub fn path(&self) -> &Path {
@@ -241,6 +306,39 @@ impl TestFlake {
     pub fn commit_hello(&self, line: &str) -> String {
         self.write_flake(line);
         self.commit(line)
+    }
+
+    /// The small flake's `hello` printing `line`, its build running `before` first, committed.
+    pub fn commit_small(&self, line: &str, before: &str) -> String {
+        self.write_small(line, before);
+        self.commit(line)
+    }
+
+    /// A bare repository cloned from this one (inside it, ignored), with
+    /// `contrib/git-hooks/post-receive` installed: what a git server pushed
+    /// to looks like. This repository pushes there ([`TestFlake::push`]).
+    pub fn bare_clone_with_hook(&self) -> PathBuf {
+        let bare = self.path().join("served.git");
+        fs::write(self.path().join(".gitignore"), "served.git/\n").unwrap();
+        self.git(&["clone", "-q", "--bare", ".", bare.to_str().unwrap()]);
+        let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/git-hooks/post-receive");
+        fs::copy(hook, bare.join("hooks/post-receive")).unwrap();
+        self.git(&["remote", "add", "served", bare.to_str().unwrap()]);
+        bare
+    }
+
+    /// Tells the bare clone's hook where the registry is, as the hook's doc says.
+    pub fn set_hook_url(&self, url: &str) {
+        self.git(&["-C", "served.git", "config", "flakeforge.url", url]);
+    }
+
+    /// Pushes the current branch to the bare clone; git's output, the hook's included.
+    pub fn push(&self) -> String {
+        require_tool("git");
+        let (ok, output) =
+            super::run_capture(Command::new("git").args(["push", "served", "HEAD"]).current_dir(self.path()), 60);
+        assert!(ok, "git push failed: {output}");
+        output
     }
 
     fn commit(&self, message: &str) -> String {

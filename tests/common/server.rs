@@ -19,9 +19,10 @@ pub struct FlakeforgeServer {
     tls: bool,
 }
 
-/// An answer: status, headers (names lowercased) and body.
+/// An answer: status, reason phrase, headers (names lowercased) and body.
 pub struct HttpResponse {
     pub status: u16,
+    pub reason: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -39,6 +40,11 @@ impl HttpResponse {
     /// The first OCI error code of the body.
     pub fn error_code(&self) -> String {
         self.json()["errors"][0]["code"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The first OCI error message of the body.
+    pub fn error_message(&self) -> String {
+        self.json()["errors"][0]["message"].as_str().unwrap_or_default().to_string()
     }
 }
 
@@ -157,6 +163,39 @@ impl FlakeforgeServer {
         self.log().lines().filter(|l| l.contains("nix build ")).count()
     }
 
+    /// `GET /-/builds`: the builds listed and what Nix is doing.
+    pub fn builds(&self) -> serde_json::Value {
+        let response = self.get("/-/builds");
+        assert_eq!(response.status, 200);
+        response.json()
+    }
+
+    /// The listed builds of `image`, newest first.
+    pub fn builds_of(&self, image: &str) -> Vec<serde_json::Value> {
+        let builds = self.builds()["builds"].as_array().cloned().unwrap_or_default();
+        builds.into_iter().filter(|b| b["image"] == image).collect()
+    }
+
+    /// `nix` processes the server runs right now (its children named `nix`).
+    pub fn nix_children(&self) -> usize {
+        let Some(child) = &self.child else { return 0 };
+        let parent = child.id().to_string();
+        let Ok(entries) = fs::read_dir("/proc") else { return 0 };
+        entries
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|entry| fs::read_to_string(entry.path().join("stat")).ok())
+            .filter(|stat| {
+                // `pid (comm) state ppid …`
+                let Some((head, rest)) = stat.rsplit_once(')') else { return false };
+                let comm = head.split_once('(').map_or("", |(_, comm)| comm);
+                let mut fields = rest.split_whitespace();
+                let (state, ppid) = (fields.next(), fields.next());
+                comm == "nix" && state != Some("Z") && ppid == Some(parent.as_str())
+            })
+            .count()
+    }
+
     pub fn get(&self, path: &str) -> HttpResponse {
         self.request("GET", path, &[])
     }
@@ -188,6 +227,7 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> HttpResponse
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let reason = line.trim_end().splitn(3, ' ').nth(2).unwrap_or_default().to_string();
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -199,7 +239,7 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> HttpResponse
         let (name, value) = trimmed.split_once(':').unwrap();
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
-    let mut response = HttpResponse { status, headers, body: Vec::new() };
+    let mut response = HttpResponse { status, reason, headers, body: Vec::new() };
     if head_only || status == 204 || status == 304 {
         return response;
     }

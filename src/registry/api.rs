@@ -93,10 +93,10 @@ impl Registry {
     }
 
     fn blob(&self, request: &Request, digest: Digest) -> Result<Response, RegistryError> {
-        let source =
-            self.service.blob(&digest).map_err(|e| service_error(e, &format!("blob {digest}")))?.ok_or_else(|| {
-                RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not known here"))
-            })?;
+        let source = self
+            .service
+            .blob(&digest)
+            .ok_or_else(|| RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not known here")))?;
         let size = source.size();
         let mut response = Response::new(200)
             .header("Content-Type", "application/octet-stream")
@@ -116,6 +116,11 @@ impl Registry {
                     .with_detail(json!({ "size": size }));
                 return Ok(error.into_response().header("Content-Range", format!("bytes */{size}")));
             }
+        };
+        let source = if request.method == "HEAD" {
+            source
+        } else {
+            self.service.open_blob(source).map_err(|e| service_error(e, &format!("blob {digest}")))?
         };
         let body = BlobBody { service: self.service.clone(), source, start, end };
         Ok(response.stream(Some(end - start), Box::new(body)))

@@ -37,21 +37,23 @@ impl BlobSource {
 const COPY_BUFFER: usize = 256 * 1024;
 
 impl Service {
-    /// The blob `digest`, `None` if it is not known here. An evicted layer
-    /// joins (or starts) its regeneration; waiting longer than
-    /// `--answer-within` for it to start is [`ServiceError::TooManyBuilds`].
-    pub fn blob(&self, digest: &Digest) -> Result<Option<BlobSource>, ServiceError> {
-        let Some(found) = self.find_blob(digest) else { return Ok(None) };
-        match found {
+    /// Readies `source` for sending its bytes: an evicted layer joins (or
+    /// starts) its regeneration. Waiting longer than `--answer-within` for
+    /// that to start is [`ServiceError::TooManyBuilds`]. (A `HEAD` request
+    /// needs only [`Service::blob`].)
+    pub fn open_blob(&self, source: BlobSource) -> Result<BlobSource, ServiceError> {
+        match source {
             BlobSource::Generate(record) => match self.regeneration(record.clone())? {
-                Some(regeneration) => Ok(Some(BlobSource::Regenerating(regeneration))),
-                None => Ok(Some(BlobSource::Generate(record))),
+                Some(regeneration) => Ok(BlobSource::Regenerating(regeneration)),
+                None => Ok(BlobSource::Generate(record)),
             },
-            other => Ok(Some(other)),
+            other => Ok(other),
         }
     }
 
-    fn find_blob(&self, digest: &Digest) -> Option<BlobSource> {
+    /// The blob `digest`, `None` if it is not known here; an evicted layer
+    /// is [`BlobSource::Generate`] until [`Service::open_blob`].
+    pub fn blob(&self, digest: &Digest) -> Option<BlobSource> {
         if let Some(config) = self.meta.config(digest) {
             return Some(BlobSource::Bytes(config));
         }

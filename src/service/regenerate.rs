@@ -135,7 +135,8 @@ impl Service {
         Ok(())
     }
 
-    /// Writes bytes `start..end` of the blob to `out` as the regeneration makes them.
+    /// Writes bytes `start..end` of the blob to `out` as the regeneration
+    /// makes them; to the end of the blob, only once it checked out.
     pub(super) fn follow(
         &self,
         regeneration: &Regeneration,
@@ -168,7 +169,18 @@ impl Service {
                 at += read as u64;
             }
         }
-        Ok(())
+        if end < regeneration.record.size {
+            return Ok(());
+        }
+        // A whole blob ends cleanly only once it checked out (and is cached).
+        let mut progress = regeneration.progress.lock().unwrap();
+        loop {
+            match &progress.outcome {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(error)) => return Err(io::Error::other(format!("the layer made again is not right: {error}"))),
+                None => progress = regeneration.changed.wait(progress).unwrap(),
+            }
+        }
     }
 
     /// Makes `start..end` of a blob for one client alone, without caching it

@@ -275,7 +275,7 @@ fn a_restart_serves_prebuilt_images_and_a_push_rebuilds_only_what_changed() {
 
     // A push: the hook tells the registry; only hello's derivation is built again.
     flake.commit_small("second", "");
-    let pushed = flake.push();
+    let pushed = flake.push(&[]);
     assert!(pushed.contains(&format!("flakeforge: asked http://{}", server.host())), "{pushed}");
     let hello = wait_for_build(&server, "hello", "watch", "succeeded", 120);
     let motd = wait_for_build(&server, "motd", "watch", "succeeded", 120);
@@ -283,4 +283,15 @@ fn a_restart_serves_prebuilt_images_and_a_push_rebuilds_only_what_changed() {
     assert_eq!(motd["progress"]["total"], 0, "motd did not change, yet derivations were built: {motd}");
     assert_eq!(run("hello"), "second");
     assert_eq!(run("motd"), "message of the day");
+
+    // A push the hook cannot report (the registry is away) does not fail; SIGUSR1 makes it look.
+    flake.commit_small("third", "");
+    let pushed = flake.push(&[("FLAKEFORGE_URL", "http://127.0.0.1:1")]);
+    assert!(pushed.contains("flakeforge: could not reach http://127.0.0.1:1"), "{pushed}");
+    // SAFETY: kill(2) on the server we started.
+    assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGUSR1) }, 0);
+    wait_until(120, "the rebuild after SIGUSR1", || {
+        server.builds_of("hello").iter().filter(|b| b["trigger"] == "watch" && b["state"] == "succeeded").count() == 2
+    });
+    assert_eq!(run("hello"), "third");
 }

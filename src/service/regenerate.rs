@@ -177,7 +177,9 @@ impl Service {
         loop {
             match &progress.outcome {
                 Some(Ok(())) => return Ok(()),
-                Some(Err(error)) => return Err(io::Error::other(format!("the layer made again is not right: {error}"))),
+                Some(Err(error)) => {
+                    return Err(io::Error::other(format!("the layer made again is not right: {error}")))
+                }
                 None => progress = regeneration.changed.wait(progress).unwrap(),
             }
         }

@@ -60,11 +60,13 @@ impl Revisions {
         self.look_up(nix, tag)
     }
 
-    /// Asks Nix now, whatever is known: the new revision, and whether it moved.
+    /// Asks Nix now, whatever is known: the new revision, and whether it
+    /// moved (or was not known).
     pub fn refresh(&self, nix: &Nix, tag: &Tag) -> Result<(LockedFlake, bool), ServiceError> {
         let before = self.peek(tag).map(|(locked, _)| locked.revision);
         let locked = self.look_up(nix, tag)?;
-        let moved = before.is_some_and(|before| before != locked.revision);
+        // Unknown before (a failed lookup): it may have moved meanwhile.
+        let moved = before.as_ref() != Some(&locked.revision);
         Ok((locked, moved))
     }
 

@@ -332,11 +332,13 @@ impl TestFlake {
         self.git(&["-C", "served.git", "config", "flakeforge.url", url]);
     }
 
-    /// Pushes the current branch to the bare clone; git's output, the hook's included.
-    pub fn push(&self) -> String {
+    /// Pushes the current branch to the bare clone, with `env` for its hook;
+    /// git's output, the hook's included.
+    pub fn push(&self, env: &[(&str, &str)]) -> String {
         require_tool("git");
-        let (ok, output) =
-            super::run_capture(Command::new("git").args(["push", "served", "HEAD"]).current_dir(self.path()), 60);
+        let mut push = Command::new("git");
+        push.args(["push", "served", "HEAD"]).current_dir(self.path()).envs(env.iter().copied());
+        let (ok, output) = super::run_capture(&mut push, 60);
         assert!(ok, "git push failed: {output}");
         output
     }

@@ -28,6 +28,10 @@ fn bad_flags_are_one_line_and_a_failure() {
         (vec!["--listen", "nope"], "invalid --listen \"nope\""),
         (vec!["--listen", &busy_addr], "cannot listen on"),
         (vec!["--max-builds", "0"], "--max-builds must be at least 1"),
+        (vec!["--max-evals", "0"], "--max-evals must be at least 1"),
+        (vec!["--max-compose", "0"], "--max-compose must be at least 1"),
+        (vec!["--prebuild", "Hello"], "--prebuild \"Hello\": \"Hello\" is not an image name"),
+        (vec!["--prebuild", "hello:-x"], "--prebuild \"hello:-x\": \"-x\" is not a tag"),
         (vec!["--tls-cert", "/x.pem"], "--tls-cert and --tls-key go together"),
         (vec!["--bogus"], "Unrecognized argument: --bogus"),
     ] {

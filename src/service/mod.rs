@@ -223,10 +223,16 @@ impl Service {
     }
 
     /// The revision of `latest` to list names and tags from: the last one
-    /// found, even when its time is up (a build job looks again), else a new lookup.
+    /// found, even when its time is up (then the watch looks again, in the
+    /// background), else a new lookup.
     fn latest_revision(&self, nix: &Nix) -> Result<LockedFlake, ServiceError> {
         match self.revisions.peek(&Tag::latest()) {
-            Some((locked, _)) => Ok(locked),
+            Some((locked, fresh)) => {
+                if !fresh {
+                    self.refresh();
+                }
+                Ok(locked)
+            }
             None => self.revisions.get(nix, &Tag::latest()),
         }
     }

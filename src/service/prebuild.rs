@@ -90,10 +90,14 @@ impl Watch {
 }
 
 impl Service {
-    /// Starts the prebuilds and the watch on a thread of their own.
+    /// Starts the prebuilds and the watch, each on a thread of its own.
     pub fn start_watch(&self) -> std::io::Result<()> {
         // Counted from now on, so that SIGUSR1 never ends the server.
         crate::signals::counter(libc::SIGUSR1);
+        let this = self.this();
+        std::thread::Builder::new()
+            .name("prebuild".into())
+            .spawn(move || this.prebuild(&this.prebuild_targets(None), Trigger::Prebuild))?;
         let this = self.this();
         std::thread::Builder::new().name("watch".into()).spawn(move || this.watch_loop()).map(drop)
     }
@@ -105,7 +109,10 @@ impl Service {
 
     fn watch_loop(&self) {
         let options = &self.config.prebuild;
-        self.prebuild(&self.prebuild_targets(None), Trigger::Prebuild);
+        // What the tags stand for at the start (the prebuilds build that): only a move from here counts.
+        for tag in self.watched_tags() {
+            let _ = self.revisions.get(&self.nix.for_work(Arc::new(Work::background())), &tag);
+        }
         let mut seen = Seen { requests: 0, signals: crate::signals::counter(libc::SIGUSR1).load(Ordering::Relaxed) };
         loop {
             self.watch.wait(options.watch_interval.map(|every| Instant::now() + every), &mut seen);

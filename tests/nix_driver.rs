@@ -377,13 +377,16 @@ impl Observer for Seen {
 
 #[test]
 fn a_build_reports_its_progress_and_its_output() {
+    // Derivations no earlier run has built: the nonce differs every time.
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let flake = TestFlake::new(
         "progress",
-        r#"{ packages.${system} = rec {
-            one = mk "one" "echo first >&2; mkdir $out";
-            two = mk "two" "mkdir $out";
+        &r#"{ packages.${system} = rec {
+            one = mk "one" "echo first >&2; echo NONCE; mkdir $out";
+            two = mk "two" "echo NONCE; mkdir $out";
             top = mk "top" "echo ${one} ${two}; echo said-by-top; mkdir $out";
-        }; }"#,
+        }; }"#
+            .replace("NONCE", &nonce.to_string()),
     );
     let seen = std::sync::Arc::new(Seen::default());
     let work = std::sync::Arc::new(Work::job(None, seen.clone()));

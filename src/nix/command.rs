@@ -31,8 +31,9 @@ const TAIL_LINES: usize = 30;
 /// own, out of reach of a group kill, and only nix itself can stop them.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long the pipes may stay open once the group is dead; a process that
-/// escaped the group could hold them forever.
-const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// escaped the group could hold them forever. Generous: on a loaded machine
+/// the threads reading them may take a while to finish.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// One `nix` command line, before the features flag and after the program.
 pub struct Invocation {

@@ -200,12 +200,15 @@ impl Service {
         let mut built = false;
         // A job that was running already may have started from the revision before.
         for _ in 0..2 {
-            let Some(job) = self.start_job(name, tag, trigger, None) else { return Outcome::Failed };
-            if let Some(Err(error)) = job.wait(None) {
+            let outcome = self.start_job(name, tag, trigger, None).and_then(|job| {
+                let outcome = job.wait(None).expect("a wait without a deadline ends with the job");
+                built |= job.is_build();
+                outcome
+            });
+            if let Err(error) = outcome {
                 log::warn!("prebuild: {name}:{tag}: {error}");
                 return Outcome::Failed;
             }
-            built |= job.is_build();
             if self.current(name, tag).is_some_and(|current| self.is_current(tag, &current)) {
                 break;
             }

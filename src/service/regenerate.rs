@@ -44,7 +44,37 @@ struct Progress {
     /// Bytes of the blob in the file.
     written: u64,
     /// `Some` once it ended: `Err` says why it stopped short.
-    outcome: Option<Result<(), String>>,
+    outcome: Option<Result<(), Stop>>,
+}
+
+/// Why a regeneration stopped short.
+#[derive(Debug, Clone)]
+enum Stop {
+    /// Every generation slot taken and the queue full.
+    NoSlot,
+    /// The cache could not keep the file (a full disk): readers make their bytes themselves.
+    NoRoom,
+    Failed(String),
+}
+
+impl From<io::Error> for Stop {
+    fn from(error: io::Error) -> Self {
+        if error.kind() == io::ErrorKind::StorageFull {
+            Stop::NoRoom
+        } else {
+            Stop::Failed(error.to_string())
+        }
+    }
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::NoSlot => f.write_str("too many layers are being made"),
+            Stop::NoRoom => f.write_str("the blob cache has no room for the layer"),
+            Stop::Failed(error) => f.write_str(error),
+        }
+    }
 }
 
 impl Service {
@@ -72,8 +102,8 @@ impl Service {
         let mut progress = regeneration.progress.lock().unwrap();
         while progress.file.is_none() {
             match &progress.outcome {
-                Some(Err(error)) if error == NO_ROOM => return Ok(None),
-                Some(Err(error)) if error == NO_SLOT => return Err(ServiceError::TooManyBuilds),
+                Some(Err(Stop::NoRoom)) => return Ok(None),
+                Some(Err(Stop::NoSlot)) => return Err(ServiceError::TooManyBuilds),
                 Some(Err(error)) => return Err(ServiceError::Internal(format!("making the layer again: {error}"))),
                 _ => {}
             }
@@ -96,7 +126,7 @@ impl Service {
         let this = self.this();
         let running = regeneration.clone();
         let spawned = std::thread::Builder::new().name("regenerate".into()).spawn(move || {
-            let outcome = this.regenerate(&running).map_err(|error| error.to_string());
+            let outcome = this.regenerate(&running);
             if let Err(error) = &outcome {
                 log::warn!("making layer {} again failed: {error}", running.record.digest);
             }
@@ -105,21 +135,21 @@ impl Service {
         });
         if let Err(error) = spawned {
             self.regenerations.running.lock().unwrap().remove(&regeneration.record.digest);
-            regeneration.end(Err(format!("cannot start a thread: {error}")));
+            regeneration.end(Err(Stop::Failed(format!("cannot start a thread: {error}"))));
         }
     }
 
     /// The run: a slot, the temporary file, the blob into it, then into the cache.
-    fn regenerate(&self, regeneration: &Regeneration) -> io::Result<()> {
+    fn regenerate(&self, regeneration: &Regeneration) -> Result<(), Stop> {
         let record = &regeneration.record;
-        let Some(_slot) = self.generation.acquire(None) else { return Err(io::Error::other(NO_SLOT)) };
+        let Some(_slot) = self.generation.acquire(None) else { return Err(Stop::NoSlot) };
         let started = Instant::now();
         let cache = self.blobs.writer();
         let file = match cache.path().map(File::open) {
             Some(Ok(file)) => Some(Arc::new(file)),
             _ => None,
         };
-        let Some(file) = file else { return Err(io::Error::other(NO_ROOM)) };
+        let Some(file) = file else { return Err(Stop::NoRoom) };
         regeneration.update(|progress| progress.file = Some(file));
         let publisher = Publisher { cache, pending: Vec::with_capacity(PUBLISH_BYTES), regeneration };
         let (made, mut publisher) = layer::generate(&record.source, record.compression, publisher)?;
@@ -127,7 +157,7 @@ impl Service {
         if made.digest != record.digest {
             // The client checks the digest too; keeping the bytes would serve them again.
             log::error!("layer {} came out as {} when made again; not caching it", record.digest, made.digest);
-            return Err(io::Error::other("the layer made again does not match its digest"));
+            return Err(Stop::Failed("the layer made again does not match its digest".into()));
         }
         let evicted = self.blobs.commit(publisher.cache, &made.digest, made.size);
         log::info!("regenerated layer {} ({} bytes) in {:.1?}", made.digest, made.size, started.elapsed());
@@ -194,7 +224,7 @@ impl Service {
         end: u64,
         out: &mut dyn Write,
     ) -> io::Result<()> {
-        let _slot = self.generation.acquire(None).ok_or_else(|| io::Error::other(NO_SLOT))?;
+        let _slot = self.generation.acquire(None).ok_or_else(|| io::Error::other(Stop::NoSlot.to_string()))?;
         let window = super::blob::Window { out, position: 0, start, end };
         let (made, _) = layer::generate(&record.source, record.compression, window)?;
         if made.digest != record.digest {
@@ -205,18 +235,13 @@ impl Service {
     }
 }
 
-/// Why a regeneration did not run: every slot taken and the queue full.
-const NO_SLOT: &str = "too many layers are being made";
-/// Why it stopped: the cache could not keep the file.
-const NO_ROOM: &str = "the blob cache has no room for the layer";
-
 impl Regeneration {
     fn update(&self, change: impl FnOnce(&mut Progress)) {
         change(&mut self.progress.lock().unwrap());
         self.changed.notify_all();
     }
 
-    fn end(&self, outcome: Result<(), String>) {
+    fn end(&self, outcome: Result<(), Stop>) {
         self.update(|progress| progress.outcome = Some(outcome));
     }
 }
@@ -234,7 +259,7 @@ impl Publisher<'_> {
         self.cache.write_all(&self.pending)?;
         self.cache.flush()?;
         if !self.cache.is_caching() {
-            return Err(io::Error::other(NO_ROOM));
+            return Err(io::ErrorKind::StorageFull.into());
         }
         let added = self.pending.len() as u64;
         self.pending.clear();

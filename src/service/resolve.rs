@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::jobs::{Job, JobKey, Started, Trigger};
+use super::jobs::{Job, Started, Trigger};
 use super::{plan, ResolvedTag, Service, ServiceError};
 use crate::cache::{ImageRecord, Resolution};
 use crate::digest::Digest;
@@ -35,37 +35,34 @@ impl Service {
     /// The manifests for `name:tag` as `client` gets them (see the module's doc).
     pub fn resolve(&self, name: &RepoName, tag: &Tag, client: IpAddr) -> Result<ResolvedTag, ServiceError> {
         self.check_compose(name)?;
-        let key: JobKey = (name.canonical(), tag.to_string());
         if let Some(current) = self.current(name, tag) {
             if self.is_current(tag, &current) {
                 return Ok(ResolvedTag { manifests: current.manifests });
             }
             if self.config.policy.serve_stale {
-                self.start_job(name, tag, Trigger::Refresh, None);
+                // A refresh that failed lately is not tried again before --negative-ttl.
+                let _ = self.start_job(name, tag, Trigger::Refresh, None);
                 return Ok(ResolvedTag { manifests: current.manifests });
             }
         }
-        let job = match self.jobs.start(key, &self.config.systems, Trigger::Client, Some(client)) {
-            Started::Failed(error) => return Err(error),
-            Started::New(job) => self.spawn_job(job, name, tag),
-            Started::Running(job) => job,
-        };
+        let job = self.start_job(name, tag, Trigger::Client, Some(client))?;
         job.work.make_urgent(self.nix.scheduler());
         job.wait(self.config.policy.deadline()).unwrap_or_else(|| Err(ServiceError::Building(Box::new(job.status()))))
     }
 
-    /// Starts a job for `name:tag` unless one runs or the last failed lately.
+    /// The job for `name:tag`: the running one, or a new one unless the
+    /// last failed less than `--negative-ttl` ago (then that failure).
     pub(super) fn start_job(
         &self,
         name: &RepoName,
         tag: &Tag,
         trigger: Trigger,
         client: Option<IpAddr>,
-    ) -> Option<Arc<Job>> {
+    ) -> Result<Arc<Job>, ServiceError> {
         match self.jobs.start((name.canonical(), tag.to_string()), &self.config.systems, trigger, client) {
-            Started::New(job) => Some(self.spawn_job(job, name, tag)),
-            Started::Running(job) => Some(job),
-            Started::Failed(_) => None,
+            Started::New(job) => Ok(self.spawn_job(job, name, tag)),
+            Started::Running(job) => Ok(job),
+            Started::Failed(error) => Err(error),
         }
     }
 

@@ -6,7 +6,8 @@
 mod assemble;
 mod blob;
 mod catalog;
-pub mod jobs;
+pub mod job;
+mod jobs;
 mod plan;
 pub mod prebuild;
 mod regenerate;
@@ -15,7 +16,7 @@ mod revisions;
 mod slots;
 
 pub use blob::BlobSource;
-pub use jobs::{BuildStatus, Job, JobState, LogChunk, Trigger};
+pub use job::{BuildStatus, Job, JobState, LogChunk, Trigger};
 pub use prebuild::PrebuildOptions;
 
 use std::collections::BTreeMap;

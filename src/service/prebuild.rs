@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::jobs::Trigger;
+use super::job::Trigger;
 use super::Service;
 use crate::nix::scheduler::Work;
 use crate::reference::{RepoName, Tag};

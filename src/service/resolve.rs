@@ -19,7 +19,8 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::jobs::{Job, Started, Trigger};
+use super::job::{Job, Trigger};
+use super::jobs::Started;
 use super::{plan, ResolvedTag, Service, ServiceError};
 use crate::cache::{ImageRecord, Resolution};
 use crate::digest::Digest;

@@ -379,9 +379,21 @@ def trust_ca(registry, client):
     )
 
 
+def pull(client_cli, image, seconds=900):
+    """A shell command: `CLI pull -q IMAGE` until it succeeds or `seconds`
+    pass. An image that takes longer to build than flakeforge's
+    --answer-within is answered 429 "being built ... try again shortly";
+    podman asks again by itself for a while, docker not at all."""
+    return (
+        f"end=$(($(date +%s) + {seconds})); "
+        f"until {client_cli} pull -q {image} >/dev/null 2>&1; do "
+        f"[ $(date +%s) -lt $end ] || exit 1; sleep 5; done"
+    )
+
+
 @step("podman pulls and runs `hello`, built through the daemon")
 def podman_pull(registry, client):
-    out = client.succeed("podman pull -q registry:5000/hello && podman run --rm --network none registry:5000/hello", timeout=900)
+    out = client.succeed(pull("podman", "registry:5000/hello") + " && podman run --rm --network none registry:5000/hello", timeout=960)
     if out.strip().splitlines()[-1] != "Hello from flakeforge (x86_64)":
         raise TestFailure(f"podman run hello printed: {out}\n{service_log(registry)}")
     # The daemon built it and registered the service's GC root.
@@ -393,7 +405,7 @@ def podman_pull(registry, client):
 
 @step("a git-ref tag: podman pulls `hello:v1`")
 def podman_tag(registry, client):
-    out = client.succeed("podman pull -q registry:5000/hello:v1 && podman run --rm --network none registry:5000/hello:v1", timeout=900)
+    out = client.succeed(pull("podman", "registry:5000/hello:v1") + " && podman run --rm --network none registry:5000/hello:v1", timeout=960)
     if out.strip().splitlines()[-1] != "Hello from v1 (x86_64)":
         raise TestFailure(f"podman run hello:v1 printed: {out}\n{service_log(registry)}")
 
@@ -401,7 +413,7 @@ def podman_tag(registry, client):
 @step("docker pulls and runs `motd`")
 def docker_pull(registry, client):
     client.succeed("systemctl start docker.service", timeout=300)  # started at boot: waits for it
-    out = client.succeed("docker pull -q registry:5000/motd && docker run --rm --network none registry:5000/motd", timeout=900)
+    out = client.succeed(pull("docker", "registry:5000/motd") + " && docker run --rm --network none registry:5000/motd", timeout=960)
     if out.strip().splitlines()[-1] != "Nix built me on demand.":
         raise TestFailure(f"docker run motd printed: {out}\n{service_log(registry)}")
 
@@ -539,11 +551,11 @@ def arm64_pull(client, ca):
         echo '10.0.2.100 registry' >> /etc/hosts
         mkdir -p /etc/containers/certs.d/registry:5000
         cp /mnt/host/ca.crt /etc/containers/certs.d/registry:5000/ca.crt
-        podman pull -q registry:5000/arch >/dev/null
+        """ + pull("podman", "registry:5000/arch") + """
         podman image inspect --format '{{.Architecture}}' registry:5000/arch
         podman run --rm registry:5000/arch
         """,
-        timeout=900,
+        timeout=960,
     )
     if out.split() != ["arm64", "aarch64"]:
         raise TestFailure(f"the arm64 guest's podman printed: {out}")

@@ -178,7 +178,7 @@ fn prebuilt_images_follow_the_flake_and_the_previous_image_serves_meanwhile() {
     assert_eq!(server.nix_builds(), builds, "a pull of a prebuilt image ran nix build");
 
     // A commit changes hello (its build now takes a while): the watch rebuilds it, no client asks.
-    flake.commit_small("second", "${bb} sleep 8");
+    flake.commit_small("second", "${bb} sleep 12");
     wait_for_build(&server, "hello", "watch", "running", 60);
     assert_eq!(run("hello"), "first", "while the new image builds, the previous one is served");
     let rebuilt = wait_for_build(&server, "hello", "watch", "succeeded", 120);

@@ -166,7 +166,9 @@ impl Service {
     }
 
     /// Writes bytes `start..end` of the blob to `out` as the regeneration
-    /// makes them; to the end of the blob, only once it checked out.
+    /// makes them. The blob's last byte goes out only once the whole checked
+    /// out and is cached: a client never gets all of a blob that is wrong,
+    /// and one that got all of it finds it cached.
     pub(super) fn follow(
         &self,
         regeneration: &Regeneration,
@@ -174,6 +176,42 @@ impl Service {
         end: u64,
         out: &mut dyn Write,
     ) -> io::Result<()> {
+        let size = regeneration.record.size;
+        let held_back = end.min(size.saturating_sub(1)).max(start);
+        let at = self.copy_as_written(regeneration, start, held_back, out)?;
+        if at < held_back {
+            // It stopped short of our range: the cache could not hold it.
+            return self.generate_range(&regeneration.record, at, end, out);
+        }
+        if held_back == end {
+            return Ok(());
+        }
+        let mut progress = regeneration.progress.lock().unwrap();
+        while progress.outcome.is_none() {
+            progress = regeneration.changed.wait(progress).unwrap();
+        }
+        match progress.outcome.clone().expect("ended") {
+            Ok(()) => {
+                drop(progress);
+                self.copy_as_written(regeneration, held_back, end, out).map(drop)
+            }
+            Err(Stop::NoRoom) => {
+                drop(progress);
+                self.generate_range(&regeneration.record, held_back, end, out)
+            }
+            Err(error) => Err(io::Error::other(format!("the layer made again is not right: {error}"))),
+        }
+    }
+
+    /// Copies `start..end` from the regeneration's file as it is written;
+    /// where it got to (short of `end` if the regeneration stopped short).
+    fn copy_as_written(
+        &self,
+        regeneration: &Regeneration,
+        start: u64,
+        end: u64,
+        out: &mut dyn Write,
+    ) -> io::Result<u64> {
         let mut at = start;
         let mut buffer = vec![0u8; PUBLISH_BYTES];
         while at < end {
@@ -183,9 +221,7 @@ impl Service {
                     progress = regeneration.changed.wait(progress).unwrap();
                 }
                 if progress.written <= at {
-                    // It stopped short of our range: the cache could not hold it.
-                    drop(progress);
-                    return self.generate_range(&regeneration.record, at, end, out);
+                    return Ok(at);
                 }
                 (progress.file.clone().expect("written implies a file"), progress.written.min(end))
             };
@@ -199,20 +235,7 @@ impl Service {
                 at += read as u64;
             }
         }
-        if end < regeneration.record.size {
-            return Ok(());
-        }
-        // A whole blob ends cleanly only once it checked out (and is cached).
-        let mut progress = regeneration.progress.lock().unwrap();
-        loop {
-            match &progress.outcome {
-                Some(Ok(())) => return Ok(()),
-                Some(Err(error)) => {
-                    return Err(io::Error::other(format!("the layer made again is not right: {error}")))
-                }
-                None => progress = regeneration.changed.wait(progress).unwrap(),
-            }
-        }
+        Ok(at)
     }
 
     /// Makes `start..end` of a blob for one client alone, without caching it

@@ -73,7 +73,8 @@ fn a_slow_first_pull_is_answered_in_time_and_the_build_outlives_its_clients() {
 /// no client connected, and the next pull gets the image without building.
 fn slow_build_with_the_default_deadline() {
     let flake = TestFlake::new();
-    let server = FlakeforgeServer::start(flake.path(), &[]);
+    // The default, said out loud: the harness waits for builds otherwise.
+    let server = FlakeforgeServer::start(flake.path(), &["--answer-within", "20"]);
     let docker = Dockerd::start();
     let image = format!("{}/slow", server.host());
     let (raw, pulled) = std::thread::scope(|scope| {

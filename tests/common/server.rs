@@ -82,6 +82,11 @@ impl FlakeforgeServer {
         prepare(&state.path().join("state"));
         let log = state.path().join("flakeforge.log");
         let mut args = vec!["serve".to_string(), "--flake".into(), flake.to_str().unwrap().into()];
+        // A first build on a loaded machine may take longer than the default
+        // 20 s: tests that are not about that deadline wait for the build.
+        if !extra.iter().any(|arg| arg == "--answer-within") {
+            args.extend(["--answer-within".into(), "0".into()]);
+        }
         args.extend(extra);
         let mut server = FlakeforgeServer { child: None, port: free_port(), args, state, log, tls };
         server.spawn();

@@ -2,7 +2,8 @@
 # Installs what flakeforge's tests, demo and benchmark need on a fresh
 # Debian 12 machine (run as root): Nix, busybox-static, the container
 # clients, qemu-user for arm64 images, QEMU and debootstrap for the VM tests
-# (tests/vm/), and an offline Nix configuration.
+# (tests/vm/), pigz and zstd (the benchmark's references), and an offline Nix
+# configuration.
 # Idempotent; quick when everything is there already.
 set -euo pipefail
 
@@ -27,7 +28,7 @@ install_missing() {
 install_missing \
   nix-bin busybox-static git ca-certificates curl openssl procps python3 \
   skopeo podman runc docker.io containerd docker-registry qemu-user-static \
-  kmod cpio xz-utils e2fsprogs binutils
+  kmod cpio xz-utils e2fsprogs binutils pigz zstd
 
 # The VM tests (tests/vm/): QEMU, debootstrap and socat from
 # bookworm-backports, because bookworm's qemu-system 7.2 conflicts with the

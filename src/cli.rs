@@ -119,8 +119,8 @@ struct ServeArgs {
     /// disk space for cached layer blobs, e.g. 500M or 10G (default: 10G)
     #[argh(option, default = "String::from(\"10G\")")]
     cache_size: String,
-    /// layer compression: none, gzip or zstd (default: gzip)
-    #[argh(option, default = "Compression::Gzip")]
+    /// layer compression: none, gzip[:LEVEL] (1-12) or zstd[:LEVEL] (1-19) (default: gzip:6)
+    #[argh(option, default = "Compression::default()")]
     compression: Compression,
     /// a Nix system to serve images for, repeatable; with several, a tag is an image index (default: this machine's)
     #[argh(option)]

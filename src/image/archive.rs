@@ -12,18 +12,19 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::rc::Rc;
 
-use super::compress::Compression;
+use super::compress::{Compression, GZIP_DEFAULT_LEVEL, ZSTD_DEFAULT_LEVEL};
 use super::InvalidImage;
 
 const BLOCK: u64 = 512;
 const COPY_BUFFER: usize = 256 * 1024;
 
-/// The compression a stream's first bytes announce (none when they announce none).
+/// The compression a stream's first bytes announce (none when they announce
+/// none); the level cannot be told, the default one stands in.
 pub fn sniff(head: &[u8]) -> Compression {
     if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
+        Compression::Gzip { level: GZIP_DEFAULT_LEVEL }
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
+        Compression::Zstd { level: ZSTD_DEFAULT_LEVEL }
     } else {
         Compression::None
     }
@@ -33,8 +34,8 @@ pub fn sniff(head: &[u8]) -> Compression {
 pub fn decompressed<'a>(mut reader: impl BufRead + 'a) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match sniff(reader.fill_buf()?) {
         Compression::None => Box::new(reader),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        Compression::Zstd => Box::new(zstd::Decoder::with_buffer(reader)?),
+        Compression::Gzip { .. } => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Compression::Zstd { .. } => Box::new(zstd::Decoder::with_buffer(reader)?),
     })
 }
 

@@ -124,7 +124,7 @@ pub fn generate<W: Write>(source: &LayerSource, compression: Compression, sink: 
         source.write_tar(&mut blob)?;
         None
     } else {
-        let mut tarball = HashingWriter::new(Encoder::new(compression, &mut blob)?);
+        let mut tarball = HashingWriter::new(Encoder::new(compression, &mut blob));
         source.write_tar(&mut tarball)?;
         let (diff_id, _, encoder) = tarball.finish();
         encoder.finish()?.flush()?;

@@ -204,7 +204,7 @@ mod tests {
     fn layer(n: u8) -> LayerRecord {
         LayerRecord {
             source: LayerSource::TarFile { path: format!("/nix/store/x{n}/layer.tar").into(), diff_id: None },
-            compression: Compression::Gzip,
+            compression: Compression::default(),
             diff_id: Digest::of(&[n]),
             digest: Digest::of(&[n, n]),
             size: 100 + n as u64,

@@ -1,0 +1,161 @@
+//! The compression work pool: a fixed set of threads (one per core) that
+//! compress blocks for every layer being generated, and a budget of blocks
+//! in flight that bounds the memory they use.
+//!
+//! Layer generators (one thread per layer, writing its tarball) hand full
+//! blocks to the pool and take the results back in order. A block holds its
+//! share of the budget from the moment it is queued until both its job has
+//! run and its generator has taken the result, so however many layers are
+//! generated at once, at most `budget` blocks (input and output) exist.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    threads: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    job_queued: Condvar,
+    budget: usize,
+}
+
+struct State {
+    jobs: VecDeque<Job>,
+    /// Blocks holding a share of the budget.
+    held: usize,
+    closed: bool,
+}
+
+/// One block's share of the pool's budget, given back when dropped.
+pub struct Permit {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap().held -= 1;
+    }
+}
+
+impl Pool {
+    /// `threads` workers (at least one) and a budget of two blocks per
+    /// worker plus two: enough to keep every worker busy while a generator
+    /// fills its next block, little enough for a board with 1 GiB of RAM.
+    pub fn new(threads: usize) -> Pool {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { jobs: VecDeque::new(), held: 0, closed: false }),
+            job_queued: Condvar::new(),
+            budget: 2 * threads + 2,
+        });
+        for i in 0..threads {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("compress-{i}"))
+                .spawn(move || shared.work())
+                .expect("cannot start a compression thread");
+        }
+        Pool { shared, threads }
+    }
+
+    /// The process's pool: one worker per core this process may run on.
+    pub fn global() -> &'static Pool {
+        static POOL: OnceLock<Pool> = OnceLock::new();
+        POOL.get_or_init(|| Pool::new(std::thread::available_parallelism().map_or(1, |n| n.get())))
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Most blocks in flight at once, over all generators.
+    pub fn budget(&self) -> usize {
+        self.shared.budget
+    }
+
+    /// A share of the budget, if one is left.
+    pub fn try_reserve(&self) -> Option<Permit> {
+        let mut state = self.shared.state.lock().unwrap();
+        if state.held >= self.shared.budget {
+            return None;
+        }
+        state.held += 1;
+        Some(Permit { shared: Arc::clone(&self.shared) })
+    }
+
+    /// Queues `job` for the next free worker.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        self.shared.state.lock().unwrap().jobs.push_back(Box::new(job));
+        self.shared.job_queued.notify_one();
+    }
+
+    /// Runs one queued job on the calling thread; false when none is queued.
+    /// A generator waiting for its own block helps rather than idles.
+    pub fn run_queued(&self) -> bool {
+        let job = self.shared.state.lock().unwrap().jobs.pop_front();
+        match job {
+            Some(job) => {
+                job();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Shared {
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut state = self.state.lock().unwrap();
+                loop {
+                    if let Some(job) = state.jobs.pop_front() {
+                        break job;
+                    }
+                    if state.closed {
+                        return;
+                    }
+                    state = self.job_queued.wait(state).unwrap();
+                }
+            };
+            job();
+        }
+    }
+}
+
+impl Drop for Pool {
+    /// Workers finish the queued jobs, then stop (the global pool is never dropped).
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap().closed = true;
+        self.shared.job_queued.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn runs_jobs_and_bounds_the_budget() {
+        let pool = Pool::new(2);
+        assert_eq!(pool.budget(), 6);
+        let permits: Vec<_> = (0..6).map(|_| pool.try_reserve().expect("within the budget")).collect();
+        assert!(pool.try_reserve().is_none());
+        drop(permits);
+        assert!(pool.try_reserve().is_some());
+        let (tx, rx) = mpsc::channel();
+        for i in 0..10 {
+            let tx = tx.clone();
+            pool.spawn(move || tx.send(i).unwrap());
+        }
+        let mut got: Vec<i32> = (0..10).map(|_| rx.recv().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+    }
+}

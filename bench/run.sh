@@ -19,21 +19,11 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\nbuild-users-group =\nsubstituters ='
-say() { printf '%-58s %s\n' "$1" "$2"; }
-now() { date +%s.%N; }
-mib_per_s() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.0f MiB/s", b / 1048576 / t }'; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -sf "$1" >/dev/null && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
-peak_rss_kib() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
-
-(cd "$root" && cargo build --release --locked -q)
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 ff="$root/target/release/flakeforge"
-
 flake="$work/flake"
-mkdir -p "$flake/tools"
-cp "$root/bench/flake.nix" "$flake/"
-cp /bin/busybox "$flake/tools/busybox"
+prepare_flake "$flake"
 echo "{\"parts\": $PARTS, \"filesPerPart\": $FILES_PER_PART, \"fileMiB\": $((SIZE_MIB / PARTS / FILES_PER_PART))}" > "$flake/params.json"
 nix build --no-link "$flake#big" "$flake#big2"
 closure=$(nix path-info --recursive "$flake#big")

@@ -11,7 +11,7 @@ use argh::FromArgs;
 use crate::app::App;
 use crate::config::{self, Config};
 use crate::http::{self, ServerLimits};
-use crate::image::compress::Compression;
+use crate::image::compress::{Compression, Pool};
 use crate::nix::scheduler::SchedulerOptions;
 use crate::reference::{RepoName, Tag};
 use crate::registry::Registry;
@@ -188,13 +188,14 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<Vec<_>, _>>()?;
     let limits = config.limits.clone();
     log::info!(
-        "serving {} for {} on {} over {} (state in {}, compression {})",
+        "serving {} for {} on {} over {} (state in {}, compression {} on {} threads)",
         config.flake,
         config.systems.join(", "),
         config.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         if config.tls { "HTTPS" } else { "plain HTTP" },
         config.state_dir.display(),
-        config.compression
+        config.compression,
+        Pool::global().threads()
     );
     let service = Service::open(config).map_err(|e| format!("cannot open the state directory: {e}"))?;
     service.start_watch().map_err(|e| format!("cannot start the watch: {e}"))?;

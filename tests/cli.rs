@@ -25,6 +25,8 @@ fn bad_flags_are_one_line_and_a_failure() {
     for (args, expected) in [
         (vec!["--cache-size", "10X"], "--cache-size: invalid size \"10X\""),
         (vec!["--compression", "lz4"], "unknown compression \"lz4\""),
+        (vec!["--compression", "gzip:13"], "invalid compression \"gzip:13\": gzip levels are 1 to 12"),
+        (vec!["--compression", "zstd:0"], "invalid compression \"zstd:0\": zstd levels are 1 to 19"),
         (vec!["--listen", "nope"], "invalid --listen \"nope\""),
         (vec!["--listen", &busy_addr], "cannot listen on"),
         (vec!["--max-builds", "0"], "--max-builds must be at least 1"),

@@ -1,9 +1,9 @@
 //! A test flake with no inputs, written into a scratch directory and built
 //! with Debian's static busybox alone (there is no nixpkgs here). It offers
-//! plain packages, one with an upper-case name, a nested legacyPackages set,
-//! a failing and a sleeping build, and images defined the way nixpkgs'
-//! `dockerTools.streamLayeredImage` defines them (a `conf` attribute), one of
-//! them on a docker-archive base image.
+//! plain packages, one with an upper-case name, one large enough for several
+//! compression blocks, a nested legacyPackages set, a failing and a sleeping
+//! build, and images defined the way nixpkgs' `dockerTools.streamLayeredImage`
+//! defines them (a `conf` attribute), one of them on a docker-archive base image.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -100,6 +100,13 @@ const FLAKE: &str = r#####"{
       packages.${system} = {
         inherit busybox hello;
         motd = script "motd" "message of the day";
+        # A layer of several compression blocks: 11 MB of numbered lines.
+        numbers = run "numbers" ''
+          ${bb} mkdir -p $out/bin $out/share
+          ${bb} seq 1 @NUMBERS@ > $out/share/numbers
+          ${bb} printf '#!${busybox}/bin/sh\necho $(${busybox}/bin/wc -l < %s) $(${busybox}/bin/tail -n 1 %s)\n' $out/share/numbers $out/share/numbers > $out/bin/numbers
+          ${bb} chmod +x $out/bin/numbers
+        '' { } // { meta.mainProgram = "numbers"; };
         Upper = script "upper" "upper case";
         broken = run "broken" "echo flakeforge-test-build-failure >&2; exit 3" { };
         sleeper = run "sleeper" "${bb} sleep @SLEEP@" { };
@@ -179,6 +186,9 @@ const ARM64_BUSYBOX: &str = "/opt/flakeforge-test/arm64/bin/busybox";
 
 pub const HELLO: &str = "Hello from the flakeforge test flake";
 
+/// How many lines `numbers` has; its program prints the count and the last line.
+pub const NUMBERS: u32 = 1_500_000;
+
 /// Fills in the host's system and what `hello` prints.
 fn substitute(text: &str, hello: &str) -> String {
     let system = format!("{}-linux", std::env::consts::ARCH);
@@ -243,7 +253,8 @@ impl TestFlake {
             .replace("@PRELUDE@", PRELUDE)
             .replace("@ARCH@", arch)
             .replace("@SLEEP@", &sleep_seconds(self.path()).to_string())
-            .replace("@SLOW@", &SLOW_SECONDS.to_string());
+            .replace("@SLOW@", &SLOW_SECONDS.to_string())
+            .replace("@NUMBERS@", &NUMBERS.to_string());
         fs::write(self.path().join("flake.nix"), substitute(&text, hello)).unwrap();
     }
 

@@ -12,6 +12,8 @@ use super::{free_port, wait_until, TestDir, NIX_CONFIG};
 
 pub struct FlakeforgeServer {
     child: Option<Child>,
+    /// A command the binary runs under (e.g. `taskset -c 0`), or nothing.
+    wrapper: Vec<String>,
     port: u16,
     args: Vec<String>,
     state: TestDir,
@@ -72,14 +74,30 @@ impl FlakeforgeServer {
         Self::start_with_prepared(flake, extra, tls, |_| {})
     }
 
+    /// Plain HTTP, the binary run under `wrapper` (a command that execs it, as `taskset -c 0`).
+    pub fn start_under(wrapper: &[&str], flake: &Path, args: &[&str]) -> FlakeforgeServer {
+        let mut all = vec!["--no-tls".to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut server = Self::build(flake, all, false);
+        server.wrapper = wrapper.iter().map(|a| a.to_string()).collect();
+        server.spawn();
+        server
+    }
+
     fn start_with_prepared(
         flake: &Path,
         extra: Vec<String>,
         tls: bool,
         prepare: impl FnOnce(&Path),
     ) -> FlakeforgeServer {
+        let mut server = Self::build(flake, extra, tls);
+        prepare(&server.state_dir());
+        server.spawn();
+        server
+    }
+
+    fn build(flake: &Path, extra: Vec<String>, tls: bool) -> FlakeforgeServer {
         let state = TestDir::new();
-        prepare(&state.path().join("state"));
         let log = state.path().join("flakeforge.log");
         let mut args = vec!["serve".to_string(), "--flake".into(), flake.to_str().unwrap().into()];
         // A first build on a loaded machine may take longer than the default
@@ -88,9 +106,7 @@ impl FlakeforgeServer {
             args.extend(["--answer-within".into(), "0".into()]);
         }
         args.extend(extra);
-        let mut server = FlakeforgeServer { child: None, port: free_port(), args, state, log, tls };
-        server.spawn();
-        server
+        FlakeforgeServer { child: None, wrapper: Vec::new(), port: free_port(), args, state, log, tls }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -99,7 +115,16 @@ impl FlakeforgeServer {
 
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_flakeforge"))
+        let binary = env!("CARGO_BIN_EXE_flakeforge");
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(&self.args)
             .arg("--listen")
             .arg(self.addr().to_string())
@@ -133,6 +158,15 @@ impl FlakeforgeServer {
     /// Stops and starts again on the same port and state directory, with `more` arguments.
     pub fn restart_with(&mut self, more: &[&str]) {
         self.args.extend(more.iter().map(|a| a.to_string()));
+        self.restart();
+    }
+
+    /// Stops and starts again on the same port and state directory, with `flag` set to `value`.
+    pub fn restart_setting(&mut self, flag: &str, value: &str) {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) => self.args[i + 1] = value.to_string(),
+            None => self.args.extend([flag.to_string(), value.to_string()]),
+        }
         self.restart();
     }
 

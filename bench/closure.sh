@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Cold layer generation over a realistic closure: the machine's own files
+# (/usr/lib/<multiarch>, /usr/share, /usr/lib/gcc and, for `large`, the
+# Python standard library) copied into the Nix store, one store path each.
+# Side by side, interleaved (flakeforge, reference, flakeforge, ...) so both
+# see the same load, each the median of RUNS runs from a fresh state:
+#   none vs `tar --sort=name | openssl dgst -sha256` (from the same files)
+#   gzip vs `pigz -6 -p CORES`, zstd vs `zstd -3 -T CORES` (over the same
+#   bytes as one tarball, read from the page cache, written to a file)
+# with compressed sizes, the cores flakeforge kept busy, its peak RSS and
+# its per-layer times (the manifest waits for the slowest layer).
+# Usage: bench/closure.sh [small|large (default)] [RUNS (default 3)] [LEVEL...]
+#   LEVEL: more --compression values to time once each, e.g. gzip:1 zstd:19
+#   MODES="none gzip zstd" (the default) picks the comparisons.
+# Needs what scripts/install-deps.sh installs. Everything listens on 127.0.0.1.
+set -euo pipefail
+SIZE=${1:-large}
+RUNS=${2:-3}
+LEVELS=("${@:3}")
+read -r -a MODES <<<"${MODES:-none gzip zstd}"
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /var/tmp/flakeforge-closure.XXXXXX)
+ff_pid=
+cleanup() {
+  if [ -n "$ff_pid" ]; then kill "$ff_pid" 2>/dev/null || true; wait "$ff_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
+ff="$root/target/release/flakeforge"
+flake="$work/flake"
+prepare_flake "$flake"
+cores=$(nproc)
+
+multiarch=$(gcc -dumpmachine 2>/dev/null || echo "$(uname -m)-linux-gnu")
+dirs=("lib-$multiarch:/usr/lib/$multiarch" "share:/usr/share" "lib-gcc:/usr/lib/gcc")
+if [ "$SIZE" = large ]; then
+  stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+  dirs+=("python-stdlib:$stdlib")
+fi
+python3 - "${dirs[@]}" >"$flake/params.json" <<'PY'
+import json, sys
+print(json.dumps({"corpus": [dict(zip(("name", "path"), d.split(":", 1))) for d in sys.argv[1:]]}))
+PY
+echo "building the corpus (copied into the store once; later runs reuse it)" >&2
+nix build --no-link "$flake#closure"
+top=$(nix path-info "$flake#closure")
+mapfile -t paths < <(nix path-info --recursive "$flake#closure" | grep -vx "$top")
+rel=("${paths[@]#/}")
+# Hardlinks as whole files, as in flakeforge's layers (and nixpkgs'): the same bytes.
+tarball="$work/closure.tar"
+tar --sort=name --hard-dereference -cf "$tarball" -C / "${rel[@]}"
+bytes=$(stat -c %s "$tarball")
+files=$(find "${paths[@]}" | wc -l)
+say "corpus ($SIZE)" "$((bytes / 1048576)) MiB, $files files, ${#paths[@]} store paths, $cores cores"
+for p in "${paths[@]}"; do say "  $(basename "$p" | cut -d- -f2-)" "$(du -s --apparent-size -m "$p" | cut -f1) MiB"; done
+
+oci='Accept: application/vnd.oci.image.manifest.v1+json'
+# Both sides read from the page cache: whatever other work on the machine pushed out is read back first.
+warm_files() { find "${paths[@]}" -type f -print0 | xargs -0 cat >/dev/null; }
+# One cold generation from a fresh state. Prints: generation seconds, whole
+# request seconds, CPU seconds of flakeforge, peak RSS KiB, blob bytes.
+ff_run() { # compression
+  local state="$work/state" port t0 cold cpu rss resolve
+  rm -rf "$state"
+  warm_files
+  sync
+  port=$(free_port)
+  "$ff" serve --flake "$flake" --listen "127.0.0.1:$port" --no-tls --state-dir "$state" --compression "$1" \
+    --cache-size 100G --tag-ttl 0 >"$work/ff.log" 2>&1 &
+  ff_pid=$!
+  wait_http "http://127.0.0.1:$port/v2/"
+  t0=$(now)
+  curl -sf -H "$oci" -o "$work/manifest.json" "http://127.0.0.1:$port/v2/closure/manifests/latest"
+  cold=$(since "$t0")
+  cpu=$(cpu_seconds "$ff_pid")
+  rss=$(peak_rss_kib "$ff_pid")
+  # The same request again: Nix resolves the tag (--tag-ttl 0), nothing is generated.
+  t0=$(now)
+  curl -sf -H "$oci" -o /dev/null "http://127.0.0.1:$port/v2/closure/manifests/latest"
+  resolve=$(since "$t0")
+  kill "$ff_pid"; wait "$ff_pid" 2>/dev/null || true; ff_pid=
+  rm -rf "$state"
+  local size
+  size=$(python3 -c 'import json, sys; print(sum(l["size"] for l in json.load(open(sys.argv[1]))["layers"]))' "$work/manifest.json")
+  awk -v c="$cold" -v r="$resolve" -v cpu="$cpu" -v rss="$rss" -v s="$size" 'BEGIN { print c - r, c, cpu, rss, s }'
+}
+# A reference command under /usr/bin/time. Prints: seconds, peak RSS KiB, output bytes.
+ref_run() { # output-file command...
+  local out=$1; shift
+  cat "$tarball" >/dev/null
+  sync
+  /usr/bin/time -f '%e %M' -o "$work/time" "$@"
+  local size=0
+  if [ -f "$out" ]; then size=$(stat -c %s "$out"); rm -f "$out"; fi
+  echo "$(cat "$work/time") $size"
+}
+# The references run in `bash -c` under /usr/bin/time: functions and values are exported.
+# tar reads the store paths itself, from the same files flakeforge reads.
+tar_sha256() { tar --sort=name --hard-dereference -cf - -C / $rel_list | openssl dgst -sha256 >/dev/null; }
+pigz_ref() { pigz -6 -p "$cores" <"$tarball" >"$work/ref.out"; }
+zstd_ref() { zstd -q -3 -T"$cores" <"$tarball" >"$work/ref.out"; }
+export -f tar_sha256 pigz_ref zstd_ref
+export tarball work cores
+export rel_list="${rel[*]}"
+
+declare -A ff_gen ff_cpu ff_rss ff_size ref_time ref_rss ref_size
+compare() { # label compression reference-function
+  local gens=() cpus=() rsss=() sizes=() refs=() ref_rsss=() ref_sizes=() i line
+  for ((i = 1; i <= RUNS; i++)); do
+    read -r gen _ cpu rss size <<<"$(ff_run "$2")"
+    gens+=("$gen"); cpus+=("$(awk -v c="$cpu" -v g="$gen" 'BEGIN { print c / g }')"); rsss+=("$rss"); sizes+=("$size")
+    cp "$work/ff.log" "$work/ff-$1.log"
+    read -r t r s <<<"$(ref_run "$work/ref.out" bash -c "$3")"
+    refs+=("$t"); ref_rsss+=("$r"); ref_sizes+=("$s")
+    say "  run $i: $1" "flakeforge $(printf '%.2f' "$gen") s, reference $(printf '%.2f' "$t") s"
+  done
+  ff_gen[$1]=$(median "${gens[@]}"); ff_cpu[$1]=$(median "${cpus[@]}"); ff_rss[$1]=$(median "${rsss[@]}")
+  ff_size[$1]=$(median "${sizes[@]}")
+  ref_time[$1]=$(median "${refs[@]}"); ref_rss[$1]=$(median "${ref_rsss[@]}"); ref_size[$1]=$(median "${ref_sizes[@]}")
+}
+declare -A reference=([none]=tar_sha256 [gzip]=pigz_ref [zstd]=zstd_ref)
+for mode in "${MODES[@]}"; do compare "$mode" "$mode" "${reference[$mode]}"; done
+
+mib=$((bytes / 1048576))
+echo
+echo "| $mib MiB closure, $cores cores, median of $RUNS | flakeforge | reference over the same bytes | speed-up |"
+echo "|---|---|---|---|"
+# flakeforge's ratio is over its own tarball (the none run's layers) when that was measured.
+ff_bytes=${ff_size[none]:-$bytes}
+row() { # label reference-name
+  [ -n "${ff_gen[$1]:-}" ] || return 0
+  local ratio_ff="" ratio_ref=""
+  if [ "$1" != none ]; then
+    ratio_ff=$(awk -v b="$ff_bytes" -v s="${ff_size[$1]}" 'BEGIN { printf ", ratio %.2f", b / s }')
+    ratio_ref=$(awk -v b="$bytes" -v s="${ref_size[$1]}" 'BEGIN { printf ", ratio %.2f", b / s }')
+  fi
+  printf '| `--compression %s` | %.2f s (%s%s; %.1f cores busy; peak RSS %d MiB) | %s: %.2f s (%s%s) | %.2fx |\n' \
+    "$1" "${ff_gen[$1]}" "$(mib_per_s "$bytes" "${ff_gen[$1]}")" "$ratio_ff" "${ff_cpu[$1]}" $((${ff_rss[$1]} / 1024)) \
+    "$2" "${ref_time[$1]}" "$(mib_per_s "$bytes" "${ref_time[$1]}")" "$ratio_ref" \
+    "$(awk -v f="${ff_gen[$1]}" -v r="${ref_time[$1]}" 'BEGIN { print r / f }')"
+}
+row none '`tar --sort=name | openssl dgst -sha256`'
+row gzip "\`pigz -6 -p $cores\`"
+row zstd "\`zstd -3 -T$cores\`"
+
+# Per-layer times of each last run: layers are generated at once, the manifest waits for the slowest.
+for mode in "${MODES[@]}"; do
+  echo
+  echo "per-layer times, last $mode run:"
+  sed -n 's/.*generated layer sha256:[0-9a-f]* (\([0-9]*\) bytes) in \([^:]*\): \(.*\)/\2 \1 \3/p' "$work/ff-$mode.log" |
+    while read -r time size what; do
+      printf '  %-10s %6d MiB  %s\n' "$time" $((size / 1048576)) "$(echo "$what" | sed 's|/nix/store/[a-z0-9]*-||g' | cut -c1-60)"
+    done
+  say "  whole generation (median of $RUNS)" "$(printf '%.2f s' "${ff_gen[$mode]}")"
+done
+
+# More levels, once each: the trade-off between time and size.
+if ((${#LEVELS[@]})); then
+  echo
+  echo "| --compression | cold generation | ratio | MiB/s |"
+  echo "|---|---|---|---|"
+  for level in "${LEVELS[@]}"; do
+    read -r gen _ _ _ size <<<"$(ff_run "$level")"
+    printf '| `%s` | %.2f s | %.2f | %s |\n' "$level" "$gen" "$(awk -v b="$bytes" -v s="$size" 'BEGIN { print b / s }')" \
+      "$(mib_per_s "$bytes" "$gen")"
+  done
+fi

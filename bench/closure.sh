@@ -19,18 +19,8 @@ RUNS=${2:-3}
 LEVELS=("${@:3}")
 read -r -a MODES <<<"${MODES:-none gzip zstd}"
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d /var/tmp/flakeforge-closure.XXXXXX)
-ff_pid=
-cleanup() {
-  if [ -n "$ff_pid" ]; then kill "$ff_pid" 2>/dev/null || true; wait "$ff_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=bench/lib.sh
 . "$root/bench/lib.sh"
-ff="$root/target/release/flakeforge"
-flake="$work/flake"
-prepare_flake "$flake"
 cores=$(nproc)
 
 multiarch=$(gcc -dumpmachine 2>/dev/null || echo "$(uname -m)-linux-gnu")
@@ -62,7 +52,7 @@ warm_files() { find "${paths[@]}" -type f -print0 | xargs -0 cat >/dev/null; }
 # One cold generation from a fresh state. Prints: generation seconds, whole
 # request seconds, CPU seconds of flakeforge, peak RSS KiB, blob bytes.
 ff_run() { # compression
-  local state="$work/state" port t0 cold cpu rss resolve
+  local state="$work/state" port t0 cold cpu rss resolve ff_pid
   rm -rf "$state"
   warm_files
   sync
@@ -70,6 +60,7 @@ ff_run() { # compression
   "$ff" serve --flake "$flake" --listen "127.0.0.1:$port" --no-tls --state-dir "$state" --compression "$1" \
     --cache-size 100G --tag-ttl 0 >"$work/ff.log" 2>&1 &
   ff_pid=$!
+  echo "$ff_pid" >"$work/server.pid"  # this runs in a subshell: cleanup finds it here
   wait_http "http://127.0.0.1:$port/v2/"
   t0=$(now)
   curl -sf -H "$oci" -o "$work/manifest.json" "http://127.0.0.1:$port/v2/closure/manifests/latest"
@@ -80,21 +71,22 @@ ff_run() { # compression
   t0=$(now)
   curl -sf -H "$oci" -o /dev/null "http://127.0.0.1:$port/v2/closure/manifests/latest"
   resolve=$(since "$t0")
-  kill "$ff_pid"; wait "$ff_pid" 2>/dev/null || true; ff_pid=
+  kill "$ff_pid"; wait "$ff_pid" 2>/dev/null || true
+  rm -f "$work/server.pid"
   rm -rf "$state"
   local size
   size=$(python3 -c 'import json, sys; print(sum(l["size"] for l in json.load(open(sys.argv[1]))["layers"]))' "$work/manifest.json")
   awk -v c="$cold" -v r="$resolve" -v cpu="$cpu" -v rss="$rss" -v s="$size" 'BEGIN { print c - r, c, cpu, rss, s }'
 }
-# A reference command under /usr/bin/time. Prints: seconds, peak RSS KiB, output bytes.
+# A reference command under /usr/bin/time. Prints: seconds, peak RSS KiB, CPU seconds, output bytes.
 ref_run() { # output-file command...
   local out=$1; shift
   cat "$tarball" >/dev/null
   sync
-  /usr/bin/time -f '%e %M' -o "$work/time" "$@"
+  /usr/bin/time -f '%e %M %U %S' -o "$work/time" "$@"
   local size=0
   if [ -f "$out" ]; then size=$(stat -c %s "$out"); rm -f "$out"; fi
-  echo "$(cat "$work/time") $size"
+  awk -v s="$size" '{ print $1, $2, $3 + $4, s }' "$work/time"
 }
 # The references run in `bash -c` under /usr/bin/time: functions and values are exported.
 # tar reads the store paths itself, from the same files flakeforge reads.
@@ -105,27 +97,29 @@ export -f tar_sha256 pigz_ref zstd_ref
 export tarball work cores
 export rel_list="${rel[*]}"
 
-declare -A ff_gen ff_cpu ff_rss ff_size ref_time ref_rss ref_size
+declare -A ff_gen ff_busy ff_cpu ff_rss ff_size ref_time ref_cpu ref_rss ref_size
 compare() { # label compression reference-function
-  local gens=() cpus=() rsss=() sizes=() refs=() ref_rsss=() ref_sizes=() i line
+  local gens=() busy=() cpus=() rsss=() sizes=() refs=() ref_cpus=() ref_rsss=() ref_sizes=() i
   for ((i = 1; i <= RUNS; i++)); do
     read -r gen _ cpu rss size <<<"$(ff_run "$2")"
-    gens+=("$gen"); cpus+=("$(awk -v c="$cpu" -v g="$gen" 'BEGIN { print c / g }')"); rsss+=("$rss"); sizes+=("$size")
+    gens+=("$gen"); cpus+=("$cpu"); busy+=("$(awk -v c="$cpu" -v g="$gen" 'BEGIN { print c / g }')")
+    rsss+=("$rss"); sizes+=("$size")
     cp "$work/ff.log" "$work/ff-$1.log"
-    read -r t r s <<<"$(ref_run "$work/ref.out" bash -c "$3")"
-    refs+=("$t"); ref_rsss+=("$r"); ref_sizes+=("$s")
-    say "  run $i: $1" "flakeforge $(printf '%.2f' "$gen") s, reference $(printf '%.2f' "$t") s"
+    read -r t r c s <<<"$(ref_run "$work/ref.out" bash -c "$3")"
+    refs+=("$t"); ref_cpus+=("$c"); ref_rsss+=("$r"); ref_sizes+=("$s")
+    say "  run $i: $1" "$(printf 'flakeforge %.2f s (%.1f CPU s), reference %.2f s (%.1f CPU s)' "$gen" "$cpu" "$t" "$c")"
   done
-  ff_gen[$1]=$(median "${gens[@]}"); ff_cpu[$1]=$(median "${cpus[@]}"); ff_rss[$1]=$(median "${rsss[@]}")
-  ff_size[$1]=$(median "${sizes[@]}")
-  ref_time[$1]=$(median "${refs[@]}"); ref_rss[$1]=$(median "${ref_rsss[@]}"); ref_size[$1]=$(median "${ref_sizes[@]}")
+  ff_gen[$1]=$(median "${gens[@]}"); ff_busy[$1]=$(median "${busy[@]}"); ff_cpu[$1]=$(median "${cpus[@]}")
+  ff_rss[$1]=$(median "${rsss[@]}"); ff_size[$1]=$(median "${sizes[@]}")
+  ref_time[$1]=$(median "${refs[@]}"); ref_cpu[$1]=$(median "${ref_cpus[@]}"); ref_rss[$1]=$(median "${ref_rsss[@]}")
+  ref_size[$1]=$(median "${ref_sizes[@]}")
 }
 declare -A reference=([none]=tar_sha256 [gzip]=pigz_ref [zstd]=zstd_ref)
 for mode in "${MODES[@]}"; do compare "$mode" "$mode" "${reference[$mode]}"; done
 
 mib=$((bytes / 1048576))
 echo
-echo "| $mib MiB closure, $cores cores, median of $RUNS | flakeforge | reference over the same bytes | speed-up |"
+echo "| $mib MiB closure, $cores cores, median of $RUNS | flakeforge | reference over the same bytes | speed-up (CPU time) |"
 echo "|---|---|---|---|"
 # flakeforge's ratio is over its own tarball (the none run's layers) when that was measured.
 ff_bytes=${ff_size[none]:-$bytes}
@@ -136,10 +130,12 @@ row() { # label reference-name
     ratio_ff=$(awk -v b="$ff_bytes" -v s="${ff_size[$1]}" 'BEGIN { printf ", ratio %.2f", b / s }')
     ratio_ref=$(awk -v b="$bytes" -v s="${ref_size[$1]}" 'BEGIN { printf ", ratio %.2f", b / s }')
   fi
-  printf '| `--compression %s` | %.2f s (%s%s; %.1f cores busy; peak RSS %d MiB) | %s: %.2f s (%s%s) | %.2fx |\n' \
-    "$1" "${ff_gen[$1]}" "$(mib_per_s "$bytes" "${ff_gen[$1]}")" "$ratio_ff" "${ff_cpu[$1]}" $((${ff_rss[$1]} / 1024)) \
-    "$2" "${ref_time[$1]}" "$(mib_per_s "$bytes" "${ref_time[$1]}")" "$ratio_ref" \
-    "$(awk -v f="${ff_gen[$1]}" -v r="${ref_time[$1]}" 'BEGIN { print r / f }')"
+  printf '| `--compression %s` | %.2f s (%s%s; %.0f CPU s, %.1f cores busy; peak RSS %d MiB) | %s: %.2f s (%s%s; %.0f CPU s; peak RSS %d MiB) | %.2fx (%.2fx) |\n' \
+    "$1" "${ff_gen[$1]}" "$(mib_per_s "$bytes" "${ff_gen[$1]}")" "$ratio_ff" "${ff_cpu[$1]}" "${ff_busy[$1]}" \
+    $((${ff_rss[$1]} / 1024)) "$2" "${ref_time[$1]}" "$(mib_per_s "$bytes" "${ref_time[$1]}")" "$ratio_ref" \
+    "${ref_cpu[$1]}" $((${ref_rss[$1]} / 1024)) \
+    "$(awk -v f="${ff_gen[$1]}" -v r="${ref_time[$1]}" 'BEGIN { print r / f }')" \
+    "$(awk -v f="${ff_cpu[$1]}" -v r="${ref_cpu[$1]}" 'BEGIN { print r / f }')"
 }
 row none '`tar --sort=name | openssl dgst -sha256`'
 row gzip "\`pigz -6 -p $cores\`"

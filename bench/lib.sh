@@ -1,5 +1,16 @@
-# Helpers shared by the benchmark scripts (sourced, not run).
+# What the benchmark scripts share, sourced once $root is set: a scratch
+# directory ($work) removed on exit, with every process listed in $pids or
+# in a $work/*.pid file stopped; the release binary ($ff); the benchmark
+# flake laid out in $flake (params.json is the caller's); and helpers.
+work=$(mktemp -d /var/tmp/flakeforge-bench.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\nbuild-users-group =\nsubstituters ='
+
 say() { printf '%-58s %s\n' "$1" "$2"; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { print b - a }'; }
@@ -10,10 +21,10 @@ peak_rss_kib() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
 # CPU seconds a process has used itself (user + system, not its children).
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'; }
-# Builds the release binary and lays out the benchmark flake in $1 (params.json is the caller's).
-prepare_flake() {
-  (cd "$root" && cargo build --release --locked -q)
-  mkdir -p "$1/tools"
-  cp "$root/bench/flake.nix" "$1/"
-  cp /bin/busybox "$1/tools/busybox"
-}
+
+(cd "$root" && cargo build --release --locked -q)
+ff="$root/target/release/flakeforge"
+flake="$work/flake"
+mkdir -p "$flake/tools"
+cp "$root/bench/flake.nix" "$flake/"
+cp /bin/busybox "$flake/tools/busybox"

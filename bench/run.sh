@@ -12,18 +12,8 @@ SIZE_MIB=${1:-1024}
 PARTS=${2:-8}
 FILES_PER_PART=4
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d /var/tmp/flakeforge-bench.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=bench/lib.sh
 . "$root/bench/lib.sh"
-ff="$root/target/release/flakeforge"
-flake="$work/flake"
-prepare_flake "$flake"
 echo "{\"parts\": $PARTS, \"filesPerPart\": $FILES_PER_PART, \"fileMiB\": $((SIZE_MIB / PARTS / FILES_PER_PART))}" > "$flake/params.json"
 nix build --no-link "$flake#big" "$flake#big2"
 closure=$(nix path-info --recursive "$flake#big")

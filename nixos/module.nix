@@ -328,13 +328,10 @@ in
     };
 
     compression = mkOption {
-      type = types.enum [
-        "none"
-        "gzip"
-        "zstd"
-      ];
+      type = types.strMatching "none|gzip(:([1-9]|1[0-2]))?|zstd(:([1-9]|1[0-9]))?";
       default = "gzip";
-      description = "Layer compression. `zstd` is faster and smaller; every current client pulls it, some old ones do not.";
+      example = "zstd:9";
+      description = "Layer compression: `none`, `gzip[:LEVEL]` (1-12, default 6) or `zstd[:LEVEL]` (1-19, default 3). `zstd` is faster and smaller; every current client pulls it, some old ones do not.";
     };
 
     logLevel = mkOption {

@@ -24,14 +24,17 @@ fn base_catalog_and_tags() {
 
     let catalog = server.get("/v2/_catalog").json();
     let names: Vec<&str> = catalog["repositories"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(names, ["based", "broken", "busybox", "hello", "img", "imgconf", "motd", "sleeper", "slow", "upper"]);
+    assert_eq!(
+        names,
+        ["based", "broken", "busybox", "hello", "img", "imgconf", "motd", "numbers", "sleeper", "slow", "upper"]
+    );
     let page = server.get("/v2/_catalog?n=2");
     assert_eq!(page.json()["repositories"], serde_json::json!(["based", "broken"]));
     assert_eq!(page.header("link"), Some("</v2/_catalog?n=2&last=broken>; rel=\"next\""));
     let next = server.get("/v2/_catalog?n=2&last=broken");
     assert_eq!(next.json()["repositories"], serde_json::json!(["busybox", "hello"]));
     let last = server.get("/v2/_catalog?n=20&last=motd");
-    assert_eq!(last.json()["repositories"], serde_json::json!(["sleeper", "slow", "upper"]));
+    assert_eq!(last.json()["repositories"], serde_json::json!(["numbers", "sleeper", "slow", "upper"]));
     assert!(last.header("link").is_none());
     assert_eq!(server.get("/v2/_catalog?n=x").error_code(), "PAGINATION_NUMBER_INVALID");
 

@@ -115,8 +115,8 @@ compare() { # label compression reference-function
   ref_size[$1]=$(median "${ref_sizes[@]}")
 }
 declare -A reference=([none]=tar_sha256 [gzip]=pigz_ref [zstd]=zstd_ref)
-# One untimed round first: the first run after the corpus and the tarball
-# were written was seen 2-4x off, on both sides, from the page cache settling.
+# One untimed round first, so that no measured run pays for writing the
+# corpus and the tarball just before it.
 ff_run none >/dev/null
 ref_run "$work/ref.out" bash -c tar_sha256 >/dev/null
 for mode in "${MODES[@]}"; do compare "$mode" "$mode" "${reference[$mode]}"; done

@@ -159,11 +159,11 @@ done
 # More levels, once each: the trade-off between time and size.
 if ((${#LEVELS[@]})); then
   echo
-  echo "| --compression | cold generation | ratio | MiB/s |"
+  echo "| --compression | cold generation | CPU seconds | ratio |"
   echo "|---|---|---|---|"
   for level in "${LEVELS[@]}"; do
-    read -r gen _ _ _ size <<<"$(ff_run "$level")"
-    printf '| `%s` | %.2f s | %.2f | %s |\n' "$level" "$gen" "$(awk -v b="$bytes" -v s="$size" 'BEGIN { print b / s }')" \
-      "$(mib_per_s "$bytes" "$gen")"
+    read -r gen _ cpu _ size <<<"$(ff_run "$level")"
+    printf '| `%s` | %.2f s | %.1f | %.2f |\n' "$level" "$gen" "$cpu" \
+      "$(awk -v b="$ff_bytes" -v s="$size" 'BEGIN { print b / s }')"
   done
 fi

@@ -81,7 +81,8 @@ fn skopeo_copies_layers_that_hash_to_the_declared_diff_ids() {
         assert_eq!(served, declared.diff_ids, "{name}");
         for (layer, diff_id) in manifest["layers"].as_array().unwrap().iter().zip(&declared.diff_ids) {
             let mut tarball = Vec::new();
-            flate2::read::GzDecoder::new(&blob(layer["digest"].as_str().unwrap())[..])
+            // A layer is several gzip members, one per compression block.
+            flate2::read::MultiGzDecoder::new(&blob(layer["digest"].as_str().unwrap())[..])
                 .read_to_end(&mut tarball)
                 .unwrap();
             assert_eq!(&Digest::of(&tarball).to_string(), diff_id, "{name}");

@@ -27,6 +27,7 @@ pub mod flight;
 pub mod http;
 pub mod image;
 pub mod media_type;
+pub mod metrics;
 pub mod nix;
 pub mod rate_limit;
 pub mod reference;

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use lru::LruCache;
 
 use crate::digest::Digest;
+use crate::metrics;
 
 pub struct BlobStore {
     dir: PathBuf,
@@ -24,6 +25,15 @@ struct Index {
     /// Blob sizes, least recently used first to go.
     lru: LruCache<Digest, u64>,
     total: u64,
+}
+
+impl Index {
+    /// Shows the cache's size in the metrics; called after every change.
+    fn publish(&self) {
+        let cache = &metrics::global().cache;
+        cache.size_bytes.set(i64::try_from(self.total).unwrap_or(i64::MAX));
+        cache.blobs.set(self.lru.len() as i64);
+    }
 }
 
 impl BlobStore {
@@ -53,6 +63,8 @@ impl BlobStore {
             index.total += size;
             index.lru.put(digest, size);
         }
+        metrics::global().cache.limit_bytes.set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+        index.publish();
         let store = BlobStore { dir, tmp_dir, max_bytes, index: Mutex::new(index) };
         store.evict();
         Ok(store)
@@ -79,6 +91,7 @@ impl BlobStore {
         let mut index = self.index.lock().unwrap();
         if let Some(size) = index.lru.pop(digest) {
             index.total -= size;
+            index.publish();
         }
         let _ = fs::remove_file(self.path(digest));
     }
@@ -119,6 +132,7 @@ impl BlobStore {
                 index.total -= old;
             }
             index.total += size;
+            index.publish();
         }
         self.evict()
     }
@@ -135,13 +149,29 @@ impl BlobStore {
                 log::warn!("blob cache: could not evict {digest}: {err}");
             }
             log::debug!("blob cache: evicted {digest} ({size} bytes)");
+            metrics::global().cache.evictions.inc();
+            metrics::global().cache.evicted_bytes.inc_by(size);
             evicted.push(digest);
         }
+        index.publish();
         evicted
     }
 
     pub fn total_bytes(&self) -> u64 {
         self.index.lock().unwrap().total
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// How many blobs are cached, and the `n` largest with their sizes, largest first.
+    pub fn largest(&self, n: usize) -> (usize, Vec<(Digest, u64)>) {
+        let index = self.index.lock().unwrap();
+        let mut blobs: Vec<(Digest, u64)> = index.lru.iter().map(|(digest, size)| (digest.clone(), *size)).collect();
+        blobs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        blobs.truncate(n);
+        (index.lru.len(), blobs)
     }
 }
 

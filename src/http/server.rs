@@ -15,6 +15,7 @@ use log::{debug, error, info, warn};
 use super::request::{is_timeout, read_within, Head, HeadReader, Rejection, Version};
 use super::response::{write_response, Delivery, Sent};
 use super::{Request, Response};
+use crate::metrics;
 
 /// Large enough that a blob goes out in few system calls.
 const OUTPUT_BUFFER_BYTES: usize = 64 * 1024;
@@ -39,6 +40,11 @@ pub trait Handler: Send + Sync + 'static {
     /// The answer to a head that is malformed (400), too slow (408), too large
     /// (431) or of another HTTP version (505), and to a handler panic (500).
     fn bad_request(&self, status: u16, message: &str) -> Response;
+    /// What kind of endpoint `request` is for, as the metrics count it
+    /// (`manifest`, `blob`, `web`…): a small fixed set, never a path.
+    fn endpoint_kind(&self, _request: &Request) -> &'static str {
+        "other"
+    }
 }
 
 /// A byte stream the server can run HTTP over: plain TCP, or TLS on TCP.
@@ -134,6 +140,7 @@ struct Slot(Arc<Shared>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
+        metrics::global().http.connections_open.dec();
     }
 }
 
@@ -153,8 +160,14 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 /// Starts the connection's thread, unless far too many are open already.
 fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     let open_before = shared.open.fetch_add(1, Ordering::SeqCst);
+    let http_metrics = &metrics::global().http;
+    http_metrics.connections.inc();
+    http_metrics.connections_open.inc();
     let slot = Slot(Arc::clone(shared));
     let max = shared.limits.max_connections;
+    if open_before >= max {
+        http_metrics.connections_refused.inc();
+    }
     if open_before >= max + OVERLOAD_ANSWERS_MAX {
         debug!("{peer}: closed unanswered, {open_before} connections open");
         return;
@@ -228,6 +241,8 @@ pub fn handle_connection<T: Transport + ?Sized>(
         };
         let sent = write_response(&mut out, response, &delivery);
         log_exchange(peer, incoming.head.as_ref().ok(), &sent, incoming.started);
+        let endpoint = incoming.head.as_ref().map_or("invalid", |head| handler.endpoint_kind(&head.request));
+        metrics::global().http.exchange(endpoint, sent.status, sent.body_bytes, incoming.started.elapsed());
         if let Some(e) = &sent.error {
             return log_write_error(peer, e);
         }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use super::log::{Event as LogEvent, Renderer};
 use super::scheduler::{Lane, Work};
 use super::{Nix, NixError};
+use crate::metrics::{self, InvocationLabels};
 
 /// More stdout than this is not JSON we want to parse (a runaway `--apply`).
 const STDOUT_LIMIT: usize = 256 << 20;
@@ -84,7 +85,11 @@ impl Invocation {
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
-            .map_err(|error| NixError::Spawn(Arc::new(error)))?;
+            .map_err(|error| {
+                let labels = InvocationLabels { lane: lane.as_str(), outcome: "error" };
+                metrics::global().nix.invocations.get_or_create(&labels).inc();
+                NixError::Spawn(Arc::new(error))
+            })?;
         // process_group(0) makes nix the leader of a group of its own.
         let pgid = child.id() as libc::pid_t;
 
@@ -110,19 +115,29 @@ impl Invocation {
         collected.wait_for_pipes(&received, Instant::now() + DRAIN_GRACE);
 
         let finished = Finished { invocation: &self, elapsed: started.elapsed(), collected };
-        if timed_out {
+        let result = if timed_out {
             finished.log("timed out");
             let secs = nix.timeout.as_secs_f64().ceil() as u64;
-            return Err(NixError::Timeout { secs, log_tail: finished.log_tail(), error: finished.error() });
-        }
-        match status {
-            Ok(status) if status.success() => finished.into_stdout(),
-            Ok(status) => {
-                finished.log(&status.to_string());
-                Err(NixError::Failed { log_tail: finished.log_tail(), error: finished.error() })
+            Err(NixError::Timeout { secs, log_tail: finished.log_tail(), error: finished.error() })
+        } else {
+            match status {
+                Ok(status) if status.success() => finished.into_stdout(),
+                Ok(status) => {
+                    finished.log(&status.to_string());
+                    Err(NixError::Failed { log_tail: finished.log_tail(), error: finished.error() })
+                }
+                Err(error) => Err(NixError::Spawn(Arc::new(error))),
             }
-            Err(error) => Err(NixError::Spawn(Arc::new(error))),
-        }
+        };
+        let outcome = match &result {
+            Ok(_) => "succeeded",
+            Err(NixError::Failed { .. }) => "failed",
+            Err(NixError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        let labels = InvocationLabels { lane: lane.as_str(), outcome };
+        metrics::global().nix.invocations.get_or_create(&labels).inc();
+        result
     }
 }
 

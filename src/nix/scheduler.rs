@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::log::Event;
 use super::NixError;
+use crate::metrics::{self, ReasonLabel};
 use crate::rate_limit::RateLimiter;
 
 /// Invocations that may wait in a lane, per process the lane runs at once.
@@ -43,6 +44,13 @@ impl Lane {
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Build => "build",
+            Lane::Eval => "eval",
+        }
     }
 }
 
@@ -202,7 +210,7 @@ impl Scheduler {
                 let queued = state.waiting.iter().filter(|w| w.lane == lane).count() - 1;
                 if queued >= self.caps[i] * QUEUED_PER_SLOT {
                     state.waiting.retain(|w| w.ticket != ticket);
-                    return Err(NixError::Busy);
+                    return Err(refused(NixError::Busy));
                 }
                 if let Some(observer) = work.observer() {
                     observer.queued(invocation, lane);
@@ -216,7 +224,7 @@ impl Scheduler {
                     if left.is_zero() {
                         state.waiting.retain(|w| w.ticket != ticket);
                         self.changed.notify_all();
-                        return Err(NixError::Busy);
+                        return Err(refused(NixError::Busy));
                     }
                     self.changed.wait_timeout(state, left).unwrap().0
                 }
@@ -232,7 +240,7 @@ impl Scheduler {
         }
         self.rates.take(client).map_err(|wait| {
             work.charged.store(false, Ordering::SeqCst);
-            NixError::RateLimited { retry_after: wait.max(Duration::from_secs(1)) }
+            refused(NixError::RateLimited { retry_after: wait.max(Duration::from_secs(1)) })
         })
     }
 
@@ -249,6 +257,13 @@ impl Scheduler {
             started: self.started.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Counts work turned down in the metrics.
+fn refused(error: NixError) -> NixError {
+    let reason = if matches!(error, NixError::RateLimited { .. }) { "rate_limited" } else { "busy" };
+    metrics::global().nix.refused.get_or_create(&ReasonLabel { reason }).inc();
+    error
 }
 
 impl State {

@@ -147,6 +147,10 @@ impl Handler for Registry {
         let code = if status >= 500 { ErrorCode::Unknown } else { ErrorCode::Unsupported };
         RegistryError::new(code, message).with_status(status).into_response()
     }
+
+    fn endpoint_kind(&self, request: &Request) -> &'static str {
+        route(&request.path).kind()
+    }
 }
 
 /// Seconds a client is asked to wait before it asks again while a build

@@ -29,6 +29,22 @@ pub enum Route<'a> {
     NotFound,
 }
 
+impl Route<'_> {
+    /// The endpoint's kind as the metrics count it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Catalog => "catalog",
+            Route::Tags { .. } => "tags",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::Referrers { .. } => "referrers",
+            Route::Upload { .. } => "upload",
+            Route::NotFound => "not_found",
+        }
+    }
+}
+
 pub fn route(path: &str) -> Route<'_> {
     let Some(rest) = path.strip_prefix("/v2") else { return Route::NotFound };
     let rest = match rest {

@@ -14,6 +14,7 @@ use crate::digest::Digest;
 use crate::image::layer::{self, LayerRecord, LayerSource};
 use crate::image::{manifest, InvalidImage};
 use crate::media_type::ManifestFormat;
+use crate::metrics;
 
 impl Service {
     /// The stored image for `plan`, generating what is not stored yet.
@@ -85,6 +86,7 @@ impl Service {
         let (record, writer) = layer::generate(source, self.config.compression, self.blobs.writer())?;
         self.meta.put_layer(&key, &record);
         let evicted = self.blobs.commit(writer, &record.digest, record.size);
+        metrics::global().layers.generated("new", record.size, started.elapsed());
         log::info!(
             "generated layer {} ({} bytes) in {:.1?}: {}",
             record.digest,

@@ -11,6 +11,7 @@ use super::regenerate::Regeneration;
 use super::{Service, ServiceError};
 use crate::digest::Digest;
 use crate::image::layer::LayerRecord;
+use crate::metrics;
 
 /// Where a blob's bytes come from.
 pub enum BlobSource {
@@ -62,12 +63,14 @@ impl Service {
             // Blobs are not fsynced (that would halve cold generation): one
             // cut short by a crash is dropped here and made again.
             if record.as_ref().is_none_or(|r| r.size == size) {
+                metrics::global().cache.hits.inc();
                 return Some(BlobSource::File(file, size));
             }
             log::warn!("cached blob {digest} has {size} bytes, not the recorded size; making it again");
             self.blobs.forget(digest);
         }
         let record = record?;
+        metrics::global().cache.misses.inc();
         record.source.is_available().then_some(BlobSource::Generate(record))
     }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::{ResolvedTag, ServiceError};
 use crate::digest::Digest;
 use crate::media_type::ManifestFormat;
+use crate::metrics::{self, OutcomeLabel};
 use crate::nix::log::{Event, Progress};
 use crate::nix::scheduler::{Lane, Observer, Work};
 
@@ -84,6 +85,25 @@ struct Inner {
     progress: HashMap<u64, Progress>,
     log: LogBuffer,
     outcome: Option<Result<ResolvedTag, ServiceError>>,
+}
+
+impl Inner {
+    /// Moves to `state`, keeping the gauges of running and queued builds.
+    fn enter(&mut self, state: JobState) {
+        let builds = &metrics::global().builds;
+        let gauge = |state| match state {
+            JobState::Queued => Some(&builds.queued),
+            JobState::Running => Some(&builds.running),
+            _ => None,
+        };
+        if let Some(left) = gauge(self.state) {
+            left.dec();
+        }
+        if let Some(entered) = gauge(state) {
+            entered.inc();
+        }
+        self.state = state;
+    }
 }
 
 /// The end of a log: `text` starts `dropped` bytes into the whole.
@@ -257,10 +277,17 @@ impl Job {
 
     pub(super) fn finish(&self, outcome: Result<ResolvedTag, ServiceError>) {
         let mut inner = self.inner.lock().unwrap();
+        let finished = (Instant::now(), SystemTime::now());
         if inner.state != JobState::Resolving {
-            inner.state = if outcome.is_ok() { JobState::Succeeded } else { JobState::Failed };
+            let state = if outcome.is_ok() { JobState::Succeeded } else { JobState::Failed };
+            inner.enter(state);
+            let since = inner.started.map_or(self.created, |(at, _)| at);
+            let label = OutcomeLabel { outcome: if outcome.is_ok() { "succeeded" } else { "failed" } };
+            let builds = &metrics::global().builds;
+            builds.finished.get_or_create(&label).inc();
+            builds.durations.get_or_create(&label).observe(finished.0.duration_since(since).as_secs_f64());
         }
-        inner.finished = Some((Instant::now(), SystemTime::now()));
+        inner.finished = Some(finished);
         match &outcome {
             Ok(resolved) => {
                 let digest = resolved.manifests.get(&ManifestFormat::Oci).map(ToString::to_string).unwrap_or_default();
@@ -281,7 +308,7 @@ impl Observer for JobObserver {
         let Some(job) = self.0.upgrade() else { return };
         let mut inner = job.inner.lock().unwrap();
         if lane == Lane::Build && inner.state == JobState::Resolving {
-            inner.state = JobState::Queued;
+            inner.enter(JobState::Queued);
         }
     }
 
@@ -289,7 +316,7 @@ impl Observer for JobObserver {
         let Some(job) = self.0.upgrade() else { return };
         let mut inner = job.inner.lock().unwrap();
         if lane == Lane::Build && matches!(inner.state, JobState::Resolving | JobState::Queued) {
-            inner.state = JobState::Running;
+            inner.enter(JobState::Running);
             inner.started.get_or_insert((Instant::now(), SystemTime::now()));
         }
         inner.log.push(&format!("$ {command}"));

@@ -20,6 +20,7 @@ use super::{Service, ServiceError};
 use crate::cache::CacheWriter;
 use crate::digest::Digest;
 use crate::image::layer::{self, LayerRecord};
+use crate::metrics;
 
 /// Bytes gathered before they are written and published.
 const PUBLISH_BYTES: usize = 256 * 1024;
@@ -160,6 +161,7 @@ impl Service {
             return Err(Stop::Failed("the layer made again does not match its digest".into()));
         }
         let evicted = self.blobs.commit(publisher.cache, &made.digest, made.size);
+        metrics::global().layers.generated("regenerated", made.size, started.elapsed());
         log::info!("regenerated layer {} ({} bytes) in {:.1?}", made.digest, made.size, started.elapsed());
         self.after_eviction(&evicted);
         Ok(())
@@ -248,8 +250,10 @@ impl Service {
         out: &mut dyn Write,
     ) -> io::Result<()> {
         let _slot = self.generation.acquire(None).ok_or_else(|| io::Error::other(Stop::NoSlot.to_string()))?;
+        let started = Instant::now();
         let window = super::blob::Window { out, position: 0, start, end };
         let (made, _) = layer::generate(&record.source, record.compression, window)?;
+        metrics::global().layers.generated("uncached", made.size, started.elapsed());
         if made.digest != record.digest {
             log::error!("layer {} came out as {} when made again", record.digest, made.digest);
             return Err(io::Error::other("the layer made again does not match its digest"));

@@ -16,6 +16,7 @@ use rustls::sign::CertifiedKey;
 
 use super::authority::{self, LocalCa};
 use super::{files, CertFiles, TlsError};
+use crate::metrics;
 
 /// How often a handshake may look at the source for a change.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -48,6 +49,7 @@ impl ReloadingResolver {
         let hangups = HANGUPS.load(Ordering::Relaxed);
         let stamp = source.stamp();
         let current = Arc::new(source.load()?);
+        publish_expiry(&current);
         let state = ResolverState { current, stamp, checked: Instant::now(), hangups };
         Ok(ReloadingResolver { source, state: Mutex::new(state) })
     }
@@ -66,6 +68,7 @@ impl ReloadingResolver {
                 match self.source.load() {
                     Ok(certified) => {
                         log::info!("TLS: certificate loaded again; new handshakes use it");
+                        publish_expiry(&certified);
                         state.current = Arc::new(certified);
                     }
                     Err(err) => log::warn!("TLS: keeping the current certificate: {err}"),
@@ -86,6 +89,23 @@ impl fmt::Debug for ReloadingResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ReloadingResolver")
     }
+}
+
+/// Shows when the served certificate expires in the metrics.
+fn publish_expiry(certified: &CertifiedKey) {
+    match certified.cert.first().map(|der| not_after(der)) {
+        Some(Ok(expiry)) => drop(metrics::global().tls.certificate_expiry.set(expiry)),
+        Some(Err(err)) => log::warn!("TLS: cannot read the certificate's expiry for the metrics: {err}"),
+        None => {}
+    }
+}
+
+/// The end of a certificate's validity, in seconds since the Unix epoch.
+fn not_after(der: &[u8]) -> Result<i64, x509_cert::der::Error> {
+    use x509_cert::der::Decode;
+    let certificate = x509_cert::Certificate::from_der(der)?;
+    let not_after = certificate.tbs_certificate().validity().not_after.to_unix_duration();
+    Ok(i64::try_from(not_after.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// SIGHUPs received so far; each resolver compares it with the count it saw.
@@ -156,5 +176,18 @@ impl CertificateSource for LocalCaSource {
 
     fn load(&self) -> Result<CertifiedKey, TlsError> {
         self.ca.server_certificate(&self.names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_a_certificates_expiry() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(super::not_after(cert.der()).unwrap(), 2_000_000_000);
+        assert!(super::not_after(b"not a certificate").is_err());
     }
 }

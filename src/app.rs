@@ -1,5 +1,6 @@
-//! The handler the HTTP server runs: `/v2/…` goes to the registry API,
-//! `/-/…` to [`crate::web`]. Rooms that concern every request (access
+//! The handler the HTTP server runs: `/v2/…` goes to the registry API;
+//! `/-/…`, the operator's pages (`/`, `/images/…`, `/builds`, `/cache`) and
+//! `/metrics` to [`crate::web`]. Rooms that concern every request (access
 //! control, metrics) wrap or join here, not inside the registry.
 
 use std::sync::Arc;
@@ -23,6 +24,8 @@ impl Handler for App {
     fn handle(&self, request: &Request) -> Response {
         if request.path.starts_with("/-/") {
             self.web.handle(request)
+        } else if Web::serves(&request.path) {
+            self.web.page(request)
         } else {
             self.registry.handle(request)
         }
@@ -34,5 +37,9 @@ impl Handler for App {
 
     fn bad_request(&self, status: u16, message: &str) -> Response {
         self.registry.bad_request(status, message)
+    }
+
+    fn endpoint_kind(&self, request: &Request) -> &'static str {
+        Web::endpoint_kind(&request.path).unwrap_or_else(|| self.registry.endpoint_kind(request))
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use argh::FromArgs;
@@ -18,7 +19,8 @@ use crate::registry::Registry;
 use crate::service::{BuildPolicy, PrebuildOptions, Service};
 use crate::systemd_unit::{self, UnitOptions};
 use crate::tls::{self, CertFiles, TlsOptions};
-use crate::web::Web;
+use crate::web::metrics::MetricsOnly;
+use crate::web::{Web, WebOptions};
 
 /// flakeforge: a container registry that builds images from a Nix flake on demand.
 #[derive(FromArgs)]
@@ -146,6 +148,9 @@ struct ServeArgs {
     /// seconds an idle keep-alive connection stays open (default: 60)
     #[argh(option, default = "60")]
     keepalive_timeout: u64,
+    /// serve /metrics on this address alone (plain HTTP) instead of on the main listener
+    #[argh(option)]
+    metrics_listen: Option<String>,
 }
 
 pub fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -173,6 +178,8 @@ fn print_ca(args: CaArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (hostnames, cert_files) = tls_args(&args)?;
+    let metrics_listen =
+        args.metrics_listen.as_deref().map(|text| socket_addr(text, "--metrics-listen")).transpose()?;
     let config = config_from(args)?;
     let make_transport = if config.tls {
         let options =
@@ -197,9 +204,20 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         config.compression,
         Pool::global().threads()
     );
+    if let Some(addr) = metrics_listen {
+        let listener = http::listen::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let limits = limits.clone();
+        log::info!("serving /metrics on {addr} (plain HTTP)");
+        std::thread::Builder::new().name("metrics".into()).spawn(move || {
+            if let Err(e) = http::serve(vec![listener], limits, Arc::new(MetricsOnly)) {
+                log::error!("the metrics listener stopped: {e}");
+            }
+        })?;
+    }
     let service = Service::open(config).map_err(|e| format!("cannot open the state directory: {e}"))?;
     service.start_watch().map_err(|e| format!("cannot start the watch: {e}"))?;
-    let app = App::new(Registry::new(service.clone()), Web::new(service));
+    let web = Web::new(service.clone(), WebOptions { metrics_on_main: metrics_listen.is_none() });
+    let app = App::new(Registry::new(service), web);
     match make_transport {
         Some(tls) => http::serve_with(listeners, limits, app, tls)?,
         None => http::serve(listeners, limits, app)?,
@@ -222,14 +240,7 @@ fn tls_args(args: &ServeArgs) -> Result<(Vec<String>, Option<CertFiles>), String
 
 fn config_from(args: ServeArgs) -> Result<Config, String> {
     let listen_args = if args.listen.is_empty() { vec!["0.0.0.0:5000".to_string()] } else { args.listen };
-    let mut listen = Vec::new();
-    for text in &listen_args {
-        let addrs: Vec<SocketAddr> = text
-            .to_socket_addrs()
-            .map_err(|e| format!("invalid --listen {text:?}: {e} (expected e.g. 0.0.0.0:5000 or [::1]:5000)"))?
-            .collect();
-        listen.extend(addrs.into_iter().take(1));
-    }
+    let listen = listen_args.iter().map(|text| socket_addr(text, "--listen")).collect::<Result<Vec<_>, _>>()?;
     let state_dir = args
         .state_dir
         .or_else(config::default_state_dir)
@@ -277,6 +288,13 @@ fn config_from(args: ServeArgs) -> Result<Config, String> {
             watch_interval: (args.watch_interval > 0).then(|| Duration::from_secs(args.watch_interval)),
         },
     })
+}
+
+/// The address `text` names (its first, if a name resolves to several).
+fn socket_addr(text: &str, flag: &str) -> Result<SocketAddr, String> {
+    let invalid = |why: String| format!("invalid {flag} {text:?}: {why} (expected e.g. 0.0.0.0:5000 or [::1]:5000)");
+    let mut addrs = text.to_socket_addrs().map_err(|e| invalid(e.to_string()))?;
+    addrs.next().ok_or_else(|| invalid("no address".into()))
 }
 
 /// `NAME` or `NAME:TAG` of `--prebuild`.

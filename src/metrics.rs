@@ -20,7 +20,8 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 
 /// Seconds an HTTP exchange takes, head to last byte: manifests answer in
 /// milliseconds, a blob or a request waiting for a build in minutes.
-const REQUEST_BUCKETS: [f64; 14] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0, 600.0];
+const REQUEST_BUCKETS: [f64; 14] =
+    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0, 600.0];
 /// Seconds a build takes, from its start to its image.
 const BUILD_BUCKETS: [f64; 11] = [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0];
 /// Seconds a layer takes to generate.
@@ -162,8 +163,11 @@ impl Metrics {
             queued: Gauge::default(),
         };
         let nix = NixMetrics { invocations: Family::default(), refused: Family::default() };
-        let layers =
-            LayerMetrics { generations: Family::default(), bytes: Family::default(), seconds: Histogram::new(LAYER_BUCKETS) };
+        let layers = LayerMetrics {
+            generations: Family::default(),
+            bytes: Family::default(),
+            seconds: Histogram::new(LAYER_BUCKETS),
+        };
         let cache = CacheMetrics {
             size_bytes: Gauge::default(),
             limit_bytes: Gauge::default(),
@@ -245,7 +249,7 @@ mod tests {
         let text = render();
         assert!(text.contains("# TYPE flakeforge_http_requests_total counter\n"), "{text}");
         assert!(text.contains("flakeforge_http_requests_total{endpoint=\"manifest\",status=\"200\"} "), "{text}");
-        assert!(text.contains("flakeforge_http_request_duration_seconds_bucket{le=\"0.025\",endpoint=\"manifest\"}"));
+        assert!(text.contains("flakeforge_http_request_duration_seconds_bucket{endpoint=\"manifest\",le=\"0.025\"} "));
         assert!(text.contains("# TYPE flakeforge_cache_size_bytes gauge\n"));
         assert!(text.contains("flakeforge_layer_generated_bytes_total{reason=\"new\"} "));
         assert!(text.contains("flakeforge_tls_certificate_expiry_timestamp_seconds "));

@@ -38,6 +38,12 @@ impl<V: Clone> TagCache<V> {
         self.entries.lock().unwrap().put((name.to_string(), tag.to_string()), (value, expires));
     }
 
+    /// Every name and tag held, with its value (expired ones included), most recently used first.
+    pub fn entries(&self) -> Vec<(String, String, V)> {
+        let entries = self.entries.lock().unwrap();
+        entries.iter().map(|((name, tag), (value, _))| (name.clone(), tag.clone(), value.clone())).collect()
+    }
+
     /// The tags of `name` resolved so far (expired ones included: they existed).
     pub fn tags_of(&self, name: &str) -> Vec<String> {
         let entries = self.entries.lock().unwrap();

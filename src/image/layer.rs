@@ -75,6 +75,26 @@ impl LayerSource {
         }
     }
 
+    /// What kind of layer it is and what it holds (store paths, or the
+    /// file it is read from), for the operator's page.
+    pub fn contents(&self) -> (&'static str, Vec<String>) {
+        let shown = |paths: &mut dyn Iterator<Item = &PathBuf>| paths.map(|p| p.display().to_string()).collect();
+        match self {
+            LayerSource::StorePaths { paths, .. } => ("store paths", shown(&mut paths.iter())),
+            LayerSource::TarFile { path, diff_id: None } => {
+                ("customisation layer", vec![parent_or_self(path).display().to_string()])
+            }
+            LayerSource::TarFile { path, diff_id: Some(_) } => ("tarball", vec![path.display().to_string()]),
+            LayerSource::ArchiveMember { archive, member, .. } => {
+                ("docker archive layer", vec![format!("{}: {member}", archive.display())])
+            }
+            LayerSource::Rootfs { packages, .. } => ("flakeforge root file system for", shown(&mut packages.iter())),
+            LayerSource::Nix2Container { paths, .. } => {
+                ("nix2container store paths", shown(&mut paths.iter().map(|p| &p.path)))
+            }
+        }
+    }
+
     /// The `history` comment of the image config.
     pub fn describe(&self) -> String {
         let list = |paths: &mut dyn Iterator<Item = &PathBuf>| {

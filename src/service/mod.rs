@@ -6,6 +6,7 @@
 mod assemble;
 mod blob;
 mod catalog;
+mod inventory;
 pub mod job;
 mod jobs;
 mod plan;
@@ -16,6 +17,7 @@ mod revisions;
 mod slots;
 
 pub use blob::BlobSource;
+pub use inventory::{CacheView, ImageView, LayerView, PlatformImage, ServedTag};
 pub use job::{BuildStatus, Job, JobState, LogChunk, Trigger};
 pub use prebuild::PrebuildOptions;
 

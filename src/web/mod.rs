@@ -1,8 +1,19 @@
-//! Everything outside the registry API, under `/-/`: the build status
-//! ([`builds`]) and the watch's trigger, answered as JSON (errors as
-//! `{"error": "…"}`) or text. Later rooms (a web page, metrics) add routes here.
+//! Everything outside the registry API. Under `/-/`, for programs: the
+//! build status ([`builds`]) and the watch's trigger, answered as JSON
+//! (errors as `{"error": "…"}`) or text. For people, the operator's site:
+//! the catalog at `/` ([`catalog`]), an image's page ([`image`], with its
+//! layer chart from [`chart`]), the builds ([`build_pages`]) and the cache
+//! ([`cache_page`]), server-rendered HTML built with [`html`]. And the
+//! Prometheus metrics at `/metrics` ([`metrics`]).
 
+pub mod build_pages;
 pub mod builds;
+pub mod cache_page;
+pub mod catalog;
+pub mod chart;
+pub mod html;
+pub mod image;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -11,13 +22,21 @@ use serde_json::json;
 use crate::http::{Request, Response};
 use crate::service::Service;
 
+/// What `flakeforge serve` decides for this room.
+#[derive(Debug, Clone)]
+pub struct WebOptions {
+    /// `/metrics` is served on the main listener (no `--metrics-listen`).
+    pub metrics_on_main: bool,
+}
+
 pub struct Web {
     service: Arc<Service>,
+    options: WebOptions,
 }
 
 impl Web {
-    pub fn new(service: Arc<Service>) -> Self {
-        Web { service }
+    pub fn new(service: Arc<Service>, options: WebOptions) -> Self {
+        Web { service, options }
     }
 
     /// Answers a request for a path under `/-/`.
@@ -36,6 +55,69 @@ impl Web {
             (["builds"] | ["builds", _] | ["builds", _, "log"], false) => method_not_allowed("GET, HEAD"),
             (["refresh"], _) => method_not_allowed("POST"),
             _ => error(404, "no such endpoint"),
+        }
+    }
+
+    /// Whether `path` is a page of the site or `/metrics` (answered by [`Web::page`]).
+    pub fn serves(path: &str) -> bool {
+        page_kind(path).is_some()
+    }
+
+    /// Answers a page of the site, or `/metrics`.
+    pub fn page(&self, request: &Request) -> Response {
+        if !matches!(request.method.as_str(), "GET" | "HEAD") {
+            return html::error_page(405, "pages answer GET and HEAD").header("Allow", "GET, HEAD");
+        }
+        let path = request.path.as_str();
+        match page_kind(path) {
+            Some(Page::Metrics) if self.options.metrics_on_main => metrics::response(),
+            Some(Page::Metrics) => html::error_page(404, "the metrics are served on the --metrics-listen address"),
+            Some(Page::Catalog) => catalog::page(&self.service, request),
+            Some(Page::Image(reference)) => image::page(&self.service, request, reference),
+            Some(Page::Builds) => build_pages::list(&self.service),
+            Some(Page::Build(id)) => build_pages::one(&self.service, id),
+            Some(Page::Cache) => cache_page::page(&self.service),
+            None => html::error_page(404, "no such page"),
+        }
+    }
+
+    /// The endpoint kind of a path this room answers, as the metrics count it.
+    pub fn endpoint_kind(path: &str) -> Option<&'static str> {
+        if path.starts_with("/-/builds") {
+            return Some("builds");
+        }
+        if path == "/-/refresh" {
+            return Some("refresh");
+        }
+        if path.starts_with("/-/") {
+            return Some("not_found");
+        }
+        page_kind(path).map(|page| if matches!(page, Page::Metrics) { "metrics" } else { "web" })
+    }
+}
+
+enum Page<'a> {
+    Catalog,
+    /// `NAME[:TAG]`, not yet validated.
+    Image(&'a str),
+    Builds,
+    Build(&'a str),
+    Cache,
+    Metrics,
+}
+
+fn page_kind(path: &str) -> Option<Page<'_>> {
+    match path {
+        "/" => Some(Page::Catalog),
+        "/builds" => Some(Page::Builds),
+        "/cache" => Some(Page::Cache),
+        metrics::PATH => Some(Page::Metrics),
+        _ => {
+            if let Some(reference) = path.strip_prefix("/images/").filter(|r| !r.is_empty()) {
+                Some(Page::Image(reference))
+            } else {
+                path.strip_prefix("/builds/").filter(|id| !id.is_empty() && !id.contains('/')).map(Page::Build)
+            }
         }
     }
 }

@@ -147,6 +147,32 @@ const SMALL_FLAKE: &str = r#####"{
 }
 "#####;
 
+/// Seconds the web flake's `ticker` takes: it prints `tick N` every second,
+/// long enough for a browser to watch its log grow.
+pub const TICKS: u64 = 40;
+
+/// A flake for the operator's pages: `hello` and `world` (sharing the
+/// busybox layer), `broken`, and `ticker`, whose log grows for [`TICKS`]
+/// seconds. All built anew for every flake (`@SLEEP@` differs), so that a
+/// test sees its own builds.
+const WEB_FLAKE: &str = r#####"{
+  description = "flakeforge test flake for the web pages";
+  outputs = { self }:
+    let
+@PRELUDE@
+    in {
+      packages.${system} = {
+        hello = scriptAfter "# @SLEEP@" "hello" "@HELLO@";
+        world = scriptAfter "# @SLEEP@" "world" "hello, world";
+        broken = run "broken" "echo flakeforge-test-build-failure @SLEEP@ >&2; exit 3" { };
+        ticker = scriptAfter ''
+          for i in $(${bb} seq 1 @TICKS@); do ${bb} echo "tick $i"; ${bb} sleep 1; done # @SLEEP@
+        '' "ticker" "ticked";
+      };
+    };
+}
+"#####;
+
 /// A flake with packages for x86_64-linux and aarch64-linux, each built
 /// with a busybox of its own architecture (arm64 through qemu-user).
 const MULTIARCH_FLAKE: &str = r#####"{
@@ -211,6 +237,17 @@ impl TestFlake {
     pub fn with_text(flake_nix: &str) -> TestFlake {
         let flake = Self::with_tools(false);
         fs::write(flake.path().join("flake.nix"), flake_nix).unwrap();
+        flake
+    }
+
+    /// The web pages' flake ([`WEB_FLAKE`]).
+    pub fn web() -> TestFlake {
+        let flake = Self::with_tools(false);
+        let text = WEB_FLAKE
+            .replace("@PRELUDE@", PRELUDE)
+            .replace("@TICKS@", &TICKS.to_string())
+            .replace("@SLEEP@", &sleep_seconds(flake.path()).to_string());
+        fs::write(flake.path().join("flake.nix"), substitute(&text, HELLO)).unwrap();
         flake
     }
 

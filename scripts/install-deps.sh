@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what flakeforge's tests, demo and benchmark need on a fresh
 # Debian 12 machine (run as root): Nix, busybox-static, the container
-# clients, qemu-user for arm64 images, QEMU and debootstrap for the VM tests
-# (tests/vm/), pigz and zstd (the benchmark's references), and an offline Nix
-# configuration.
+# clients, Chromium and playwright-core for the browser tests, qemu-user
+# for arm64 images, QEMU and debootstrap for the VM tests (tests/vm/), pigz
+# and zstd (the benchmark's references), and an offline Nix configuration.
 # Idempotent; quick when everything is there already.
 set -euo pipefail
 
@@ -29,6 +29,13 @@ install_missing \
   nix-bin busybox-static git ca-certificates curl openssl procps python3 \
   skopeo podman runc docker.io containerd docker-registry qemu-user-static \
   kmod cpio xz-utils e2fsprogs binutils pigz zstd
+
+# The browser tests (tests/web_browser.rs): Debian's chromium, driven by
+# playwright-core from npm, as locked in tests/browser/package-lock.json.
+# The machines come with Node.js 20; Debian's is the fallback.
+install_missing chromium
+command -v npm >/dev/null || install_missing nodejs npm
+(cd "$(dirname "$0")/../tests/browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 
 # The VM tests (tests/vm/): QEMU, debootstrap and socat from
 # bookworm-backports, because bookworm's qemu-system 7.2 conflicts with the

@@ -25,7 +25,7 @@ pub fn list(service: &Service) -> Response {
     let waiting = !queued.is_empty();
     let mut body = format!(
         "<h1>Builds</h1><div{reload}><p class=\"muted\" id=\"nix\">Nix: {} of {} builds and {} of {} evaluations \
-         running, {} and {} waiting; {} processes since the start. \
+         running; {} builds and {} evaluations waiting; {} processes since the start. \
          <a href=\"/-/builds\">As JSON</a></p></div>",
         nix.running.build,
         nix.limits.build,

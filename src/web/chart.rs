@@ -8,27 +8,28 @@ use std::fmt::Write;
 use super::html::{bytes, escape, store_name};
 use crate::service::LayerView;
 
-const WIDTH: f64 = 640.0;
-const ROW: f64 = 24.0;
-const BAR: f64 = 16.0;
-/// The bars take this share of the width; the labels the rest.
-const BAR_SPACE: f64 = 0.55;
-/// A tiny layer still shows as a sliver.
-const MIN_BAR: f64 = 2.0;
+/// Pixels per layer: a line of label, then the bar.
+const ROW: f64 = 36.0;
+const LABEL: f64 = 14.0;
+const BAR: f64 = 12.0;
+/// A tiny layer still shows as a sliver (a share of the width, in percent).
+const MIN_BAR_PERCENT: f64 = 0.4;
 
-/// The chart; `shared[i]` names the other images that use layer `i`.
+/// The chart; `shared[i]` names the other images that use layer `i`. The
+/// SVG has no viewBox: bar lengths are shares of the page's width and the
+/// text keeps its size, so labels stay readable on a phone.
 pub fn layer_chart(layers: &[LayerView], shared: &[Vec<String>]) -> String {
     let largest = layers.iter().map(|l| l.size).max().unwrap_or(0).max(1) as f64;
-    let height = ROW * layers.len() as f64 + 4.0;
+    let height = ROW * layers.len() as f64;
     let mut svg = format!(
-        "<svg class=\"layers\" viewBox=\"0 0 {WIDTH} {height}\" role=\"img\" \
+        "<svg class=\"layers\" width=\"100%\" height=\"{height}\" role=\"img\" \
          aria-label=\"{count} layers by size\" xmlns=\"http://www.w3.org/2000/svg\">",
         count = layers.len()
     );
     for (i, layer) in layers.iter().enumerate() {
         let others = shared.get(i).map_or(&[][..], Vec::as_slice);
-        let y = 2.0 + ROW * i as f64;
-        let length = (layer.size as f64 / largest * WIDTH * BAR_SPACE).max(MIN_BAR);
+        let y = ROW * i as f64;
+        let percent = (layer.size as f64 / largest * 100.0).max(MIN_BAR_PERCENT);
         let class = if others.is_empty() { "bar" } else { "bar shared" };
         let mut tooltip = format!("layer {}: {} ({})", i + 1, bytes(layer.size), layer.digest);
         if let Some((kind, paths)) = &layer.contents {
@@ -37,20 +38,20 @@ pub fn layer_chart(layers: &[LayerView], shared: &[Vec<String>]) -> String {
         if !others.is_empty() {
             let _ = write!(tooltip, "\nshared with {}", others.join(", "));
         }
-        let mut label = format!("{} · {}", bytes(layer.size), what(layer));
+        let mut label = format!("{}. {} · {}", i + 1, bytes(layer.size), what(layer));
         if !others.is_empty() {
             label.push_str(" · shared");
         }
         let _ = write!(
             svg,
             "<g data-layer=\"{index}\"{shared_attr}><title>{tooltip}</title>\
-             <rect class=\"{class}\" x=\"0\" y=\"{y}\" width=\"{length:.1}\" height=\"{BAR}\" rx=\"2\"/>\
-             <text x=\"{text_x:.1}\" y=\"{text_y:.1}\">{label}</text></g>",
+             <text x=\"0\" y=\"{text_y}\">{label}</text>\
+             <rect class=\"{class}\" x=\"0\" y=\"{bar_y}\" width=\"{percent:.2}%\" height=\"{BAR}\" rx=\"2\"/></g>",
             index = i + 1,
             shared_attr = if others.is_empty() { "" } else { " data-shared=\"true\"" },
             tooltip = escape(&tooltip),
-            text_x = length + 6.0,
-            text_y = y + BAR - 4.0,
+            text_y = y + LABEL - 2.0,
+            bar_y = y + LABEL + 2.0,
             label = escape(&label),
         );
     }
@@ -96,10 +97,10 @@ mod tests {
             layer(10, &[&format!("/nix/store/{hash}-a<b>"), "/nix/store/x-y"]),
         ];
         let svg = layer_chart(&layers, &[vec!["other".into()], vec![]]);
-        assert!(svg.contains(&format!("width=\"{:.1}\"", WIDTH * BAR_SPACE)), "{svg}");
-        assert!(svg.contains(&format!("width=\"{MIN_BAR:.1}\"")), "the small layer is a sliver: {svg}");
-        assert!(svg.contains("97.7 KiB · busybox · shared</text>") && svg.contains("data-shared=\"true\""));
-        assert!(svg.contains("10 B · a&lt;b&gt; +1</text>"), "labels are escaped: {svg}");
+        assert!(svg.contains("width=\"100.00%\""), "{svg}");
+        assert!(svg.contains(&format!("width=\"{MIN_BAR_PERCENT:.2}%\"")), "the small layer is a sliver: {svg}");
+        assert!(svg.contains("1. 97.7 KiB · busybox · shared</text>") && svg.contains("data-shared=\"true\""));
+        assert!(svg.contains("2. 10 B · a&lt;b&gt; +1</text>"), "labels are escaped: {svg}");
         assert_eq!(svg.matches("<rect class=\"bar shared\"").count(), 1);
     }
 }

@@ -160,9 +160,10 @@ dl.config{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;marg
 dl.config dt{font-weight:600}dl.config dd{margin:0;word-break:break-all}
 .meter{height:12px;background:#e5e7eb;border-radius:6px;overflow:hidden;margin:.4rem 0}
 .meter span{display:block;height:100%;background:var(--accent)}
-svg.layers{width:100%;height:auto;display:block}
-svg.layers text{font:12px system-ui,sans-serif;fill:var(--fg)}
+svg.layers{display:block;overflow:visible}
+svg.layers text{font:13px system-ui,sans-serif;fill:var(--fg)}
 svg.layers .bar{fill:var(--accent)}svg.layers .bar.shared{fill:var(--shared)}
+.legend{margin-top:0}
 .legend span{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;vertical-align:middle;margin:0 .3rem 0 .8rem}
 details summary{cursor:pointer}
 ul.paths{margin:.3rem 0;padding-left:1.2rem;word-break:break-all}

@@ -103,7 +103,8 @@ fn platform_section(view: &ImageView, platform: &PlatformImage, users: &BTreeMap
         .iter()
         .map(|layer| {
             let names = users.get(&layer.digest).into_iter().flatten();
-            names.filter(|user| user.as_str() != me).cloned().collect()
+            // Other images: other tags of the same name share nearly everything.
+            names.filter(|user| user.rsplit_once(':').map_or(user.as_str(), |(name, _)| name) != me).cloned().collect()
         })
         .collect();
     let mut html = format!(

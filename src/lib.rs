@@ -3,9 +3,11 @@
 //! The layers, from the socket inwards:
 //! - [`tls`]: built-in HTTPS (rustls): a local CA or given certificates, handshakes.
 //! - [`http`]: a small HTTP/1.1 server on `httparse`, generic over the byte stream.
-//! - [`app`]: the handler the server runs: `/v2/` to [`registry`], `/-/` to [`web`].
+//! - [`app`]: the handler the server runs: `/v2/` to [`registry`]; `/-/`,
+//!   the operator's pages and `/metrics` to [`web`].
 //! - [`registry`]: the OCI Distribution API (pull side): routing, validation, errors.
-//! - [`web`]: what is not the registry API: the build status, the watch's trigger.
+//! - [`web`]: what is not the registry API: the build status, the watch's
+//!   trigger, the operator's pages, `/metrics`.
 //! - [`service`]: turns an image name and tag into a stored manifest: build
 //!   jobs that outlive clients, stale-while-revalidate, prebuilds and the watch.
 //! - [`nix`]: the `nix` subprocess driver: one scheduler for every process,
@@ -13,7 +15,8 @@
 //! - [`image`]: image assembly: layer tarballs, configs and manifests.
 //! - [`cache`]: what is kept on disk and in memory between requests and restarts.
 //! - [`reference`], [`media_type`], [`digest`]: the validated names, tags,
-//!   manifest forms and digests every layer above shares; [`flight`],
+//!   manifest forms and digests every layer above shares; [`metrics`]: the
+//!   Prometheus metrics every layer records into; [`flight`],
 //!   [`rate_limit`] and [`signals`]: small tools of the layers above.
 //! - [`systemd_unit`]: the systemd unit for Debian-family hosts, from the
 //!   settings the NixOS module shares (`nixos/service.json`).

@@ -2,7 +2,7 @@
 //! [`Config`] and a running server; `flakeforge ca` prints the local CA;
 //! `flakeforge systemd-unit` prints the unit for Debian-family hosts.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,11 +188,8 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
-    let listeners = config
-        .listen
-        .iter()
-        .map(|addr| http::listen::bind(*addr).map_err(|e| format!("cannot listen on {addr}: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let listeners = config.listen.iter().map(|addr| bind(*addr)).collect::<Result<Vec<_>, _>>()?;
+    let metrics_listener = metrics_listen.map(bind).transpose()?;
     let limits = config.limits.clone();
     log::info!(
         "serving {} for {} on {} over {} (state in {}, compression {} on {} threads)",
@@ -204,15 +201,8 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         config.compression,
         Pool::global().threads()
     );
-    if let Some(addr) = metrics_listen {
-        let listener = http::listen::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let limits = limits.clone();
-        log::info!("serving /metrics on {addr} (plain HTTP)");
-        std::thread::Builder::new().name("metrics".into()).spawn(move || {
-            if let Err(e) = http::serve(vec![listener], limits, Arc::new(MetricsOnly)) {
-                log::error!("the metrics listener stopped: {e}");
-            }
-        })?;
+    if let Some(listener) = metrics_listener {
+        serve_metrics(listener, limits.clone())?;
     }
     let service = Service::open(config).map_err(|e| format!("cannot open the state directory: {e}"))?;
     service.start_watch().map_err(|e| format!("cannot start the watch: {e}"))?;
@@ -222,6 +212,21 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(tls) => http::serve_with(listeners, limits, app, tls)?,
         None => http::serve(listeners, limits, app)?,
     }
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    http::listen::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// `--metrics-listen`: `/metrics` alone, in plain HTTP, on a thread of its own.
+fn serve_metrics(listener: TcpListener, limits: ServerLimits) -> std::io::Result<()> {
+    log::info!("serving /metrics on {} (plain HTTP)", listener.local_addr()?);
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        if let Err(e) = http::serve(vec![listener], limits, Arc::new(MetricsOnly)) {
+            log::error!("the metrics listener stopped: {e}");
+        }
+    })?;
     Ok(())
 }
 

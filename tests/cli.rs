@@ -29,6 +29,8 @@ fn bad_flags_are_one_line_and_a_failure() {
         (vec!["--compression", "zstd:0"], "invalid compression \"zstd:0\": zstd levels are 1 to 19"),
         (vec!["--listen", "nope"], "invalid --listen \"nope\""),
         (vec!["--listen", &busy_addr], "cannot listen on"),
+        (vec!["--metrics-listen", "nope"], "invalid --metrics-listen \"nope\""),
+        (vec!["--listen", "127.0.0.1:0", "--metrics-listen", &busy_addr], "cannot listen on"),
         (vec!["--max-builds", "0"], "--max-builds must be at least 1"),
         (vec!["--max-evals", "0"], "--max-evals must be at least 1"),
         (vec!["--max-compose", "0"], "--max-compose must be at least 1"),

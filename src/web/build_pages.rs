@@ -36,28 +36,10 @@ pub fn list(service: &Service) -> Response {
         nix.started,
         reload = if waiting { format!(" data-reload=\"{RELOAD_SECS}\"") } else { String::new() },
     );
-    let _ = write!(body, "<h2>Running ({})</h2><div id=\"running\">", running.len());
-    if running.is_empty() {
-        body.push_str("<p class=\"muted\">Nothing is building.</p>");
-    }
-    for build in &running {
-        body.push_str(&card(build, true));
-    }
-    let _ = write!(body, "</div><h2>Queued ({})</h2><div id=\"queued\">", queued.len());
-    if queued.is_empty() {
-        body.push_str("<p class=\"muted\">Nothing waits.</p>");
-    }
-    for build in &queued {
-        body.push_str(&card(build, false));
-    }
-    let _ = write!(body, "</div><h2>Failed lately ({})</h2><div id=\"failed\">", failed.len());
-    if failed.is_empty() {
-        body.push_str("<p class=\"muted\">No failures.</p>");
-    }
-    for build in &failed {
-        body.push_str(&card(build, true));
-    }
-    let _ = write!(body, "</div><h2>Succeeded lately ({})</h2>", succeeded.len());
+    body.push_str(&section("Running", "running", &running, "Nothing is building.", true));
+    body.push_str(&section("Queued", "queued", &queued, "Nothing waits.", false));
+    body.push_str(&section("Failed lately", "failed", &failed, "No failures.", true));
+    let _ = write!(body, "<h2>Succeeded lately ({})</h2>", succeeded.len());
     if succeeded.is_empty() {
         body.push_str("<p class=\"muted\">None yet.</p>");
     } else {
@@ -80,6 +62,19 @@ pub fn list(service: &Service) -> Response {
     }
     body.push_str("<p class=\"muted\">Finished builds stay listed for a while (the last 100).</p>");
     html::page(200, "Builds", Some(Section::Builds), &body)
+}
+
+/// A heading and a card per build (with the end of its log if `log`), or `empty`.
+fn section(title: &str, id: &str, builds: &[&BuildStatus], empty: &str, log: bool) -> String {
+    let mut html = format!("<h2>{title} ({})</h2><div id=\"{id}\">", builds.len());
+    if builds.is_empty() {
+        let _ = write!(html, "<p class=\"muted\">{empty}</p>");
+    }
+    for build in builds {
+        html.push_str(&card(build, log));
+    }
+    html.push_str("</div>");
+    html
 }
 
 /// One build in the list; with `log`, the end of its log (followed live while it runs).

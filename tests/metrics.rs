@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::server::http_request;
-use common::{free_port, FlakeforgeServer, TestFlake};
+use common::{free_port, wait_until, FlakeforgeServer, TestFlake};
 
 /// The samples of a Prometheus text page: `name{labels}` → value.
 fn parse(text: &str) -> BTreeMap<String, f64> {
@@ -129,7 +129,12 @@ fn metrics_listen_serves_them_apart_and_counts_refused_connections() {
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let server = FlakeforgeServer::start(flake.path(), &["--metrics-listen", &metrics_addr, "--max-connections", "1"]);
     let metrics = metrics_addr.parse().unwrap();
-    let main = server.get("/metrics");
+    // The harness's own first request may hold the one connection a moment longer.
+    let mut main = server.get("/metrics");
+    wait_until(20, "the one connection to be free", || {
+        main = server.get("/metrics");
+        main.status != 503
+    });
     assert_eq!(main.status, 404, "the main listener does not serve /metrics");
     let other = http_request(metrics, "GET", "/v2/", &[]);
     assert_eq!(other.status, 404, "the metrics listener serves /metrics alone");

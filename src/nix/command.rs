@@ -86,8 +86,7 @@ impl Invocation {
             .process_group(0)
             .spawn()
             .map_err(|error| {
-                let labels = InvocationLabels { lane: lane.as_str(), outcome: "error" };
-                metrics::global().nix.invocations.get_or_create(&labels).inc();
+                count(lane, "error");
                 NixError::Spawn(Arc::new(error))
             })?;
         // process_group(0) makes nix the leader of a group of its own.
@@ -129,16 +128,23 @@ impl Invocation {
                 Err(error) => Err(NixError::Spawn(Arc::new(error))),
             }
         };
-        let outcome = match &result {
-            Ok(_) => "succeeded",
-            Err(NixError::Failed { .. }) => "failed",
-            Err(NixError::Timeout { .. }) => "timeout",
-            Err(_) => "error",
-        };
-        let labels = InvocationLabels { lane: lane.as_str(), outcome };
-        metrics::global().nix.invocations.get_or_create(&labels).inc();
+        count(
+            lane,
+            match &result {
+                Ok(_) => "succeeded",
+                Err(NixError::Failed { .. }) => "failed",
+                Err(NixError::Timeout { .. }) => "timeout",
+                Err(_) => "error",
+            },
+        );
         result
     }
+}
+
+/// Counts an invocation that ran (or could not) in the metrics.
+fn count(lane: Lane, outcome: &'static str) {
+    let labels = InvocationLabels { lane: lane.as_str(), outcome };
+    metrics::global().nix.invocations.get_or_create(&labels).inc();
 }
 
 enum Event {

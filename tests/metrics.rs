@@ -148,7 +148,7 @@ fn metrics_listen_serves_them_apart_and_counts_refused_connections() {
     assert_eq!(response.status, 200);
     let scrape = parse(&String::from_utf8(response.body).unwrap());
     assert!(scrape["flakeforge_http_connections_refused_total"] >= 1.0);
-    assert_eq!(scrape[r#"flakeforge_http_requests_total{endpoint="metrics",status="404"}"#], 1.0);
+    assert!(scrape[r#"flakeforge_http_requests_total{endpoint="metrics",status="404"}"#] >= 1.0);
 }
 
 #[test]

@@ -134,8 +134,12 @@ pub fn one(service: &Service, id: &str) -> Response {
         ("Why", build.trigger.as_str().to_string()),
         ("Revision", build.revision.as_deref().map(|r| format!("<code>{}</code>", escape(r))).unwrap_or_default()),
         ("Queued", html::time(&build.queued_at)),
-        ("Progress", progress(&build)),
     ];
+    if build.progress.total > 0 {
+        rows.push(("Derivations", format!("{} of {} built", build.progress.built, build.progress.total)));
+    }
+    let took = if build.finished_at.is_some() { "Took" } else { "So far" };
+    rows.push((took, html::duration(build.duration_secs)));
     if let Some(started) = &build.started_at {
         rows.push(("Started", html::time(started)));
     }

@@ -33,6 +33,18 @@ impl Scrape {
         Scrape(parse(&String::from_utf8(response.body).unwrap()))
     }
 
+    /// A scrape once `series` has reached `value`. A request is counted when
+    /// its response has been sent, a moment after the client has read it, so
+    /// the last request's count may be missing from a scrape made at once.
+    fn once_counted(server: &FlakeforgeServer, series: &str, value: f64) -> Scrape {
+        let mut scrape = Scrape::of(server);
+        wait_until(30, &format!("{series} to reach {value}"), || {
+            scrape = Scrape::of(server);
+            scrape.get(series) >= value
+        });
+        scrape
+    }
+
     /// A series' value; absent is 0 (a labelled series appears when first counted).
     fn get(&self, series: &str) -> f64 {
         self.0.get(series).copied().unwrap_or(0.0)
@@ -68,8 +80,9 @@ fn a_pull_a_failed_build_and_evictions_change_the_counters() {
         let blob = server.get(&format!("/v2/hello/blobs/{digest}"));
         assert_eq!((blob.status, blob.body.len() as u64), (200, *size));
     }
-    let after = Scrape::of(&server);
     let n = layers.len() as f64;
+    let blobs = r#"flakeforge_http_requests_total{endpoint="blob",status="200"}"#;
+    let after = Scrape::once_counted(&server, blobs, before.get(blobs) + n + 1.0);
     let layer_bytes: u64 = layers.iter().map(|(_, size)| size).sum();
     assert_grew(&before, &after, r#"flakeforge_http_requests_total{endpoint="manifest",status="200"}"#, 1.0);
     assert_grew(&before, &after, r#"flakeforge_http_requests_total{endpoint="blob",status="200"}"#, n + 1.0);
@@ -98,7 +111,8 @@ fn a_pull_a_failed_build_and_evictions_change_the_counters() {
     // A failed build.
     let broken = server.request("GET", "/v2/broken/manifests/latest", &accept);
     assert_eq!(broken.status, 404);
-    let failed = Scrape::of(&server);
+    let not_found = r#"flakeforge_http_requests_total{endpoint="manifest",status="404"}"#;
+    let failed = Scrape::once_counted(&server, not_found, after.get(not_found) + 1.0);
     assert_grew(&after, &failed, r#"flakeforge_builds_total{outcome="failed"}"#, 1.0);
     assert_grew(&after, &failed, r#"flakeforge_http_requests_total{endpoint="manifest",status="404"}"#, 1.0);
     assert!(failed.get(r#"flakeforge_nix_invocations_total{lane="build",outcome="failed"}"#) >= 1.0);

@@ -16,7 +16,7 @@ use crate::image::compress::{Compression, Pool};
 use crate::nix::scheduler::SchedulerOptions;
 use crate::reference::{RepoName, Tag};
 use crate::registry::Registry;
-use crate::service::{BuildPolicy, PrebuildOptions, Service};
+use crate::service::{AttestOptions, BuildPolicy, PrebuildOptions, Service};
 use crate::systemd_unit::{self, UnitOptions};
 use crate::tls::{self, CertFiles, TlsOptions};
 use crate::web::metrics::MetricsOnly;
@@ -118,6 +118,9 @@ struct ServeArgs {
     /// seconds between looks at the flake's revision; 0 looks only on SIGUSR1 or POST /-/refresh (default: 60)
     #[argh(option, default = "60")]
     watch_interval: u64,
+    /// attach no SBOM and no provenance to the images built
+    #[argh(switch)]
+    no_sbom: bool,
     /// disk space for cached layer blobs, e.g. 500M or 10G (default: 10G)
     #[argh(option, default = "String::from(\"10G\")")]
     cache_size: String,
@@ -292,6 +295,7 @@ fn config_from(args: ServeArgs) -> Result<Config, String> {
             all: args.prebuild_all,
             watch_interval: (args.watch_interval > 0).then(|| Duration::from_secs(args.watch_interval)),
         },
+        attest: AttestOptions { sbom: !args.no_sbom },
     })
 }
 

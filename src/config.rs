@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::http::ServerLimits;
 use crate::image::compress::Compression;
 use crate::nix::scheduler::SchedulerOptions;
-use crate::service::{BuildPolicy, PrebuildOptions};
+use crate::service::{AttestOptions, BuildPolicy, PrebuildOptions};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,6 +32,8 @@ pub struct Config {
     pub policy: BuildPolicy,
     /// What is built ahead of pulls, and the watch (`--prebuild`, `--prebuild-all`, `--watch-interval`).
     pub prebuild: PrebuildOptions,
+    /// What is attached to every image built (`--no-sbom`).
+    pub attest: AttestOptions,
 }
 
 /// Parses `1024`, `512K`, `10M`, `10G`, `1T` (binary units; a trailing `B`/`iB` is allowed).

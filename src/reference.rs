@@ -1,7 +1,10 @@
 //! Repository names and tags, validated against the spec's grammar before
 //! anything else sees them. A name's `/`-separated segments are packages.
+//! A tag is a git ref, except `sha256-<hex>`, the referrers tag of a digest.
 
 use std::fmt;
+
+use crate::digest::Digest;
 
 /// The spec caps `<host>/<name>` at 255 characters in many clients; the name alone can't be longer.
 const MAX_NAME_LEN: usize = 255;
@@ -99,6 +102,13 @@ impl Tag {
     pub fn is_revision(&self) -> bool {
         self.0.len() == 40 && self.0.bytes().all(|b| b.is_ascii_hexdigit())
     }
+
+    /// The manifest whose referrers this tag lists, if it is a referrers tag
+    /// (`sha256-<64 hex>`, the fallback of the OCI distribution spec for
+    /// clients that do not use the referrers API).
+    pub fn referrers_subject(&self) -> Option<Digest> {
+        Digest::from_hex(self.0.strip_prefix("sha256-")?).ok()
+    }
 }
 
 impl fmt::Display for RepoName {
@@ -174,5 +184,11 @@ mod tests {
         }
         assert!(Tag::parse(&"ab12".repeat(10)).unwrap().is_revision());
         assert!(!Tag::latest().is_revision());
+        let subject = Tag::parse(&format!("sha256-{}", "ab".repeat(32))).unwrap().referrers_subject();
+        assert_eq!(subject.map(|d| d.to_string()), Some(format!("sha256:{}", "ab".repeat(32))));
+        for other in ["v1", "sha256-ab", &format!("sha256-{}", "AB".repeat(32)), &format!("sha512-{}", "ab".repeat(32))]
+        {
+            assert_eq!(Tag::parse(other).unwrap().referrers_subject(), None, "{other}");
+        }
     }
 }

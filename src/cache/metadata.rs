@@ -1,8 +1,9 @@
 //! Small documents kept on disk for good, so that every digest served
 //! before a restart can be pulled after it: manifests and configs by digest,
 //! layer records (what each layer blob is made of) by blob digest and by
-//! recipe, and built images by build key. Writes that fail (a full disk)
-//! are kept in memory instead, and logged.
+//! recipe, built images by build key, and the artifacts that refer to each
+//! manifest (its SBOM, its provenance) by the manifest's digest. Writes that
+//! fail (a full disk) are kept in memory instead, and logged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -13,6 +14,7 @@ use std::sync::Mutex;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::image::artifact::Referrer;
 use crate::image::layer::LayerRecord;
 use crate::image::manifest::Platform;
 use crate::media_type::ManifestFormat;
@@ -24,6 +26,9 @@ pub struct ImageRecord {
     pub manifests: BTreeMap<ManifestFormat, Digest>,
     pub layers: Vec<Digest>,
     pub gcroots: Vec<GcRoot>,
+    /// The annotations of its OCI manifest.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// An out-link of `nix build` and the store path it held when the image was built.
@@ -39,7 +44,7 @@ pub struct MetadataStore {
     unwritten: Mutex<HashMap<PathBuf, Vec<u8>>>,
 }
 
-const KINDS: [&str; 5] = ["manifests", "configs", "layers", "sources", "images"];
+const KINDS: [&str; 6] = ["manifests", "configs", "layers", "sources", "images", "referrers"];
 
 impl MetadataStore {
     pub fn open(state_dir: &Path) -> io::Result<MetadataStore> {
@@ -124,6 +129,16 @@ impl MetadataStore {
         self.get_json(&self.path("images", key.hex()))
     }
 
+    /// Records the artifacts that refer to the manifest `subject`.
+    pub fn put_referrers(&self, subject: &Digest, referrers: &[Referrer]) {
+        self.put_json(self.path("referrers", subject.hex()), &referrers);
+    }
+
+    /// The artifacts that refer to the manifest `subject`, if any were recorded.
+    pub fn referrers(&self, subject: &Digest) -> Option<Vec<Referrer>> {
+        self.get_json(&self.path("referrers", subject.hex()))
+    }
+
     /// Every image built so far, with its key.
     pub fn images(&self) -> Vec<(Digest, ImageRecord)> {
         let Ok(entries) = fs::read_dir(self.root.join("images")) else { return Vec::new() };
@@ -152,6 +167,7 @@ mod tests {
             manifests: BTreeMap::from([(ManifestFormat::Oci, digest.clone())]),
             layers: vec![],
             gcroots: vec![],
+            annotations: BTreeMap::new(),
         };
         let key = Digest::of(b"key");
         store.put_image(&key, &record);
@@ -161,6 +177,18 @@ mod tests {
         assert!(store.config(&digest).is_none());
         assert_eq!(store.image(&key), Some(record.clone()));
         assert_eq!(store.images(), vec![(key, record)]);
+        assert_eq!(store.referrers(&digest), None);
+        let referrer = Referrer {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: Digest::of(b"sbom manifest"),
+            size: 13,
+            artifact_type: "application/vnd.cyclonedx+json".into(),
+            annotations: BTreeMap::new(),
+        };
+        store.put_referrers(&digest, std::slice::from_ref(&referrer));
+        drop(store);
+        let store = MetadataStore::open(&state).unwrap();
+        assert_eq!(store.referrers(&digest), Some(vec![referrer]));
         fs::remove_dir_all(&state).unwrap();
     }
 }

@@ -1,6 +1,8 @@
 //! Image configs and manifests, serialized deterministically: the same
 //! layers and settings give the same bytes, so the same digests, after a restart.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::compress::Compression;
@@ -127,10 +129,26 @@ struct ManifestDocument<'a> {
     media_type: &'a str,
     config: Descriptor<'a>,
     layers: Vec<Descriptor<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    annotations: Option<&'a BTreeMap<String, String>>,
 }
 
-/// The image manifest in the given form, for a config blob and its layers.
-pub fn manifest_json(format: ManifestFormat, config: &[u8], layers: &[LayerRecord]) -> Vec<u8> {
+/// The OCI form carries annotations; Docker schema 2 has no place for them.
+fn oci_annotations(
+    format: ManifestFormat,
+    annotations: &BTreeMap<String, String>,
+) -> Option<&BTreeMap<String, String>> {
+    (format == ManifestFormat::Oci && !annotations.is_empty()).then_some(annotations)
+}
+
+/// The image manifest in the given form, for a config blob and its layers,
+/// with `annotations` in the OCI form.
+pub fn manifest_json(
+    format: ManifestFormat,
+    config: &[u8],
+    layers: &[LayerRecord],
+    annotations: &BTreeMap<String, String>,
+) -> Vec<u8> {
     let config_digest = Digest::of(config);
     let (media_type, config_type, layer_type): (_, _, fn(Compression) -> &'static str) = match format {
         ManifestFormat::Oci => (OCI_MANIFEST, OCI_CONFIG, Compression::oci_layer_media_type),
@@ -144,6 +162,7 @@ pub fn manifest_json(format: ManifestFormat, config: &[u8], layers: &[LayerRecor
             .iter()
             .map(|l| Descriptor { media_type: layer_type(l.compression), digest: &l.digest, size: l.size })
             .collect(),
+        annotations: oci_annotations(format, annotations),
     };
     serde_json::to_vec(&document).expect("manifests serialize")
 }
@@ -163,11 +182,17 @@ struct IndexDocument<'a> {
     schema_version: u32,
     media_type: &'a str,
     manifests: Vec<IndexEntry<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    annotations: Option<&'a BTreeMap<String, String>>,
 }
 
-/// An image index (OCI) or manifest list (Docker) over per-platform
-/// manifests of the same form, given as (platform, manifest bytes).
-pub fn index_json(format: ManifestFormat, entries: &[(Platform, Vec<u8>)]) -> Vec<u8> {
+/// An image index (OCI, with `annotations`) or manifest list (Docker) over
+/// per-platform manifests of the same form, given as (platform, manifest bytes).
+pub fn index_json(
+    format: ManifestFormat,
+    entries: &[(Platform, Vec<u8>)],
+    annotations: &BTreeMap<String, String>,
+) -> Vec<u8> {
     let (media_type, entry_type) = match format {
         ManifestFormat::Oci => (OCI_INDEX, OCI_MANIFEST),
         ManifestFormat::Docker => (DOCKER_MANIFEST_LIST, DOCKER_MANIFEST),
@@ -186,6 +211,7 @@ pub fn index_json(format: ManifestFormat, entries: &[(Platform, Vec<u8>)]) -> Ve
                 platform,
             })
             .collect(),
+        annotations: oci_annotations(format, annotations),
     };
     serde_json::to_vec(&document).expect("indexes serialize")
 }
@@ -216,7 +242,10 @@ mod tests {
         let amd64 = Platform::of_nix_system("x86_64-linux").unwrap();
         let arm64 = Platform::of_nix_system("aarch64-linux").unwrap();
         let entries = vec![(amd64, b"{\"a\":1}".to_vec()), (arm64, b"{\"b\":2}".to_vec())];
-        let docker: serde_json::Value = serde_json::from_slice(&index_json(ManifestFormat::Docker, &entries)).unwrap();
+        let annotations = BTreeMap::from([("org.opencontainers.image.title".to_string(), "arch".to_string())]);
+        let docker = index_json(ManifestFormat::Docker, &entries, &annotations);
+        let docker: serde_json::Value = serde_json::from_slice(&docker).unwrap();
+        assert!(docker.get("annotations").is_none());
         assert_eq!(docker["mediaType"], DOCKER_MANIFEST_LIST);
         assert_eq!(docker["manifests"][0]["mediaType"], DOCKER_MANIFEST);
         assert_eq!(
@@ -225,8 +254,10 @@ mod tests {
         );
         assert_eq!(docker["manifests"][1]["digest"], Digest::of(b"{\"b\":2}").to_string());
         assert_eq!(docker["manifests"][1]["size"], 7);
-        let oci = index_json(ManifestFormat::Oci, &entries);
+        let oci = index_json(ManifestFormat::Oci, &entries, &annotations);
         assert_eq!(media_type_of(&oci).as_deref(), Some(OCI_INDEX));
+        let oci: serde_json::Value = serde_json::from_slice(&oci).unwrap();
+        assert_eq!(oci["annotations"]["org.opencontainers.image.title"], "arch");
     }
 
     #[test]
@@ -252,8 +283,15 @@ mod tests {
         assert_eq!(parsed["rootfs"]["diff_ids"][1], Digest::of(&[2]).to_string());
         assert_eq!(parsed["architecture"], "amd64");
 
-        let oci = manifest_json(ManifestFormat::Oci, &config, &layers);
-        let docker = manifest_json(ManifestFormat::Docker, &config, &layers);
+        let none = BTreeMap::new();
+        assert!(!String::from_utf8(manifest_json(ManifestFormat::Oci, &config, &layers, &none))
+            .unwrap()
+            .contains("annotations"));
+        let annotations = BTreeMap::from([("org.opencontainers.image.revision".to_string(), "abc".to_string())]);
+        let oci = manifest_json(ManifestFormat::Oci, &config, &layers, &annotations);
+        let docker = manifest_json(ManifestFormat::Docker, &config, &layers, &annotations);
+        let parsed: serde_json::Value = serde_json::from_slice(&oci).unwrap();
+        assert_eq!(parsed["annotations"]["org.opencontainers.image.revision"], "abc");
         assert_eq!(media_type_of(&oci).as_deref(), Some(OCI_MANIFEST));
         assert_eq!(media_type_of(&docker).as_deref(), Some(DOCKER_MANIFEST));
         let parsed: serde_json::Value = serde_json::from_slice(&docker).unwrap();

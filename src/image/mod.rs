@@ -1,17 +1,23 @@
 //! Image assembly: from store paths, confs, docker archives and
 //! nix2container JSON to layer tarballs, image configs and manifests.
-//! [`output`] tells what kind of image a build output is.
+//! [`output`] tells what kind of image a build output is. What an image
+//! says of itself: [`origin`] (annotations), [`sbom`] and [`provenance`],
+//! attached as [`artifact`]s.
 
 pub mod archive;
+pub mod artifact;
 pub mod compress;
 pub mod conf;
 pub mod docker_archive;
 pub mod layer;
 pub mod manifest;
 pub mod nix2container;
+pub mod origin;
 pub mod output;
 pub mod popularity;
+pub mod provenance;
 pub mod rootfs;
+pub mod sbom;
 pub mod tar;
 
 use std::io;

@@ -148,6 +148,7 @@ mod tests {
             path: store(name),
             nar_size: 1,
             references: references.iter().map(|r| store(r)).collect(),
+            ..PathInfo::default()
         };
         graph.iter().map(info).collect()
     }
@@ -233,7 +234,7 @@ mod tests {
 
     #[test]
     fn ties_sort_by_name_not_hash() {
-        let info = |path: &str| PathInfo { path: path.into(), nar_size: 1, references: vec![] };
+        let info = |path: &str| PathInfo { path: path.into(), nar_size: 1, ..PathInfo::default() };
         let closure = [info("/nix/store/aaa-zlib"), info("/nix/store/zzz-bash")];
         let layers = layers_by_popularity(&closure, &[], 5);
         assert_eq!(layers, [vec![PathBuf::from("/nix/store/zzz-bash")], vec![PathBuf::from("/nix/store/aaa-zlib")]]);

@@ -78,6 +78,8 @@ pub struct Package {
     pub has_conf: bool,
     /// `meta.mainProgram`, if set.
     pub main_program: Option<String>,
+    /// Its `version` attribute, if it has one (`mkDerivation` sets it).
+    pub version: Option<String>,
     /// The attribute below it that is its image, to build instead of it:
     /// `image` (nix-forge's packages; `image.conf` when that is a
     /// streamLayeredImage) or `stream.conf` (a `buildLayeredImage`, whose
@@ -114,6 +116,7 @@ const PACKAGE_INFO: &str = r#"x:
     isDerivation = isDrv x;
     hasConf = hasConf x;
     mainProgram = x.meta.mainProgram or null;
+    version = if builtins.isString (x.version or null) then x.version else null;
     imageAttr =
       if x ? image && isDrv x.image then (if hasConf x.image then "image.conf" else "image")
       else if x ? stream && isDrv x.stream && hasConf x.stream then "stream.conf"
@@ -145,6 +148,7 @@ pub fn resolve(nix: &Nix, flake: &LockedFlake, system: &str, name: &str) -> Resu
             attr_path,
             has_conf: info["hasConf"] == Value::Bool(true),
             main_program: info["mainProgram"].as_str().map(str::to_owned),
+            version: info["version"].as_str().map(str::to_owned),
             image_attr: info["imageAttr"].as_str().map(str::to_owned),
             has_containers: info["hasContainers"] == Value::Bool(true),
         });

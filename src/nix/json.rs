@@ -45,8 +45,11 @@ pub fn build_outputs(stdout: &[u8]) -> Result<Vec<PathBuf>, NixError> {
 struct RawPathInfo {
     path: Option<String>,
     nar_size: Option<u64>,
+    /// A string in every shape so far; anything else is taken as no hash.
+    nar_hash: Option<serde_json::Value>,
     #[serde(default)]
     references: Vec<String>,
+    deriver: Option<String>,
     valid: Option<bool>,
     store_dir: Option<String>,
 }
@@ -79,7 +82,9 @@ pub fn path_infos(stdout: &[u8], store_dir: &Path) -> Result<Vec<PathInfo>, NixE
         let mut references: Vec<PathBuf> = info.references.iter().map(|r| store_path(r, store_dir)).collect();
         references.sort();
         references.dedup();
-        infos.push(PathInfo { path: store_path(&path, store_dir), nar_size, references });
+        let nar_hash = info.nar_hash.as_ref().and_then(|hash| hash.as_str()).unwrap_or_default().to_owned();
+        let deriver = info.deriver.as_deref().map(|deriver| store_path(deriver, store_dir));
+        infos.push(PathInfo { path: store_path(&path, store_dir), nar_size, nar_hash, references, deriver });
     }
     infos.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(infos)
@@ -131,31 +136,44 @@ mod tests {
 
     fn app_and_lib() -> Vec<PathInfo> {
         vec![
-            PathInfo { path: "/nix/store/a-app".into(), nar_size: 328, references: paths(&["/nix/store/l-lib"]) },
-            PathInfo { path: "/nix/store/l-lib".into(), nar_size: 288, references: vec![] },
+            PathInfo {
+                path: "/nix/store/a-app".into(),
+                nar_size: 328,
+                nar_hash: "sha256-cB".into(),
+                references: paths(&["/nix/store/l-lib"]),
+                deriver: Some("/nix/store/a.drv".into()),
+            },
+            PathInfo {
+                path: "/nix/store/l-lib".into(),
+                nar_size: 288,
+                nar_hash: "sha256-W3".into(),
+                ..Default::default()
+            },
         ]
     }
 
     #[test]
     fn path_infos_in_the_list_shape_of_nix_2_8() {
         let json = br#"[{"path":"/nix/store/l-lib","narHash":"sha256-W3","narSize":288,"references":[],
-            "deriver":"/nix/store/l.drv","registrationTime":1,"ultimate":true},
-            {"path":"/nix/store/a-app","narHash":"sha256-cB","narSize":328,"references":["/nix/store/l-lib"]}]"#;
+            "registrationTime":1,"ultimate":true},
+            {"path":"/nix/store/a-app","narHash":"sha256-cB","narSize":328,"references":["/nix/store/l-lib"],
+            "deriver":"/nix/store/a.drv"}]"#;
         assert_eq!(path_infos(json, Path::new("/nix/store")).unwrap(), app_and_lib());
     }
 
     #[test]
     fn path_infos_in_the_object_shape_of_newer_nix() {
         let json = br#"{"/nix/store/a-app": {"ca": null, "narHash": "sha256-cB", "narSize": 328,
-            "references": ["/nix/store/l-lib"], "signatures": []},
+            "references": ["/nix/store/l-lib"], "signatures": [], "deriver": "/nix/store/a.drv"},
             "/nix/store/l-lib": {"narHash": "sha256-W3", "narSize": 288, "references": []}}"#;
         assert_eq!(path_infos(json, Path::new("/nix/store")).unwrap(), app_and_lib());
     }
 
     #[test]
     fn path_infos_with_bare_names() {
-        let json = br#"{"a-app": {"narSize": 328, "references": ["l-lib"], "storeDir": "/nix/store"},
-            "l-lib": {"narSize": 288, "references": []}}"#;
+        let json = br#"{"a-app": {"narSize": 328, "narHash": "sha256-cB", "references": ["l-lib"],
+            "deriver": "a.drv", "storeDir": "/nix/store"},
+            "l-lib": {"narSize": 288, "narHash": "sha256-W3", "references": []}}"#;
         assert_eq!(path_infos(json, Path::new("/nix/store")).unwrap(), app_and_lib());
     }
 

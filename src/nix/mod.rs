@@ -4,6 +4,7 @@
 
 pub mod attr;
 pub mod command;
+pub mod derivation;
 pub mod flake;
 pub mod flakeref;
 pub mod json;
@@ -15,15 +16,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use command::Invocation;
-pub use flake::LockedFlake;
+pub use flake::{LockedFlake, LockedInput};
 use scheduler::{Scheduler, SchedulerOptions, Work};
 
 /// One store path of a closure, as `nix path-info --json` describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PathInfo {
     pub path: PathBuf,
     pub nar_size: u64,
+    /// The hash of its NAR serialisation, as Nix prints it (`sha256-<base64>`); empty if Nix printed none.
+    pub nar_hash: String,
     pub references: Vec<PathBuf>,
+    /// The derivation that built it, if Nix knows one (a source added with
+    /// `builtins.path` has none); the file itself may be gone.
+    pub deriver: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

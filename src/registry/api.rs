@@ -12,6 +12,7 @@ use super::negotiate;
 use super::routes::{route, Route};
 use crate::digest::{Digest, DigestError};
 use crate::http::{Handler, Request, Response, StreamBody};
+use crate::image::artifact::referrers_index;
 use crate::image::manifest::media_type_of;
 use crate::media_type::OCI_INDEX;
 use crate::reference::{RepoName, Tag};
@@ -56,9 +57,7 @@ impl Registry {
             }
             Route::Referrers { name, digest } => {
                 parse_name(name)?;
-                parse_digest(digest, ErrorCode::ManifestUnknown)?;
-                let index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] });
-                Ok(Response::new(200).header("Content-Type", OCI_INDEX).bytes(serde_json::to_vec(&index).unwrap()))
+                self.referrers(request, parse_digest(digest, ErrorCode::ManifestUnknown)?)
             }
             Route::Upload { .. } => Err(RegistryError::new(ErrorCode::Unsupported, "this registry is read-only")),
             Route::NotFound => Err(RegistryError::new(ErrorCode::Unsupported, "no such endpoint").with_status(404)),
@@ -75,6 +74,9 @@ impl Registry {
                     "invalid tag: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}",
                 )
             })?;
+            if let Some(subject) = tag.referrers_subject() {
+                return self.referrers_tag(&subject);
+            }
             let resolved = self
                 .service
                 .resolve(&name, &tag, request.peer.ip())
@@ -90,6 +92,40 @@ impl Registry {
             .header("Docker-Content-Digest", digest.to_string())
             .header("ETag", format!("\"{digest}\""))
             .bytes(manifest))
+    }
+
+    /// `GET /v2/<name>/referrers/<digest>[?artifactType=T]`: the artifacts
+    /// that refer to the manifest `digest` (of any name, as manifests by
+    /// digest are), an empty index when there are none.
+    fn referrers(&self, request: &Request, digest: Digest) -> Result<Response, RegistryError> {
+        let mut referrers = self.service.referrers(&digest);
+        let filter = request.query_param("artifactType");
+        if let Some(artifact_type) = &filter {
+            referrers.retain(|referrer| referrer.artifact_type == *artifact_type);
+        }
+        let response = Response::new(200).header("Content-Type", OCI_INDEX);
+        let response = match filter {
+            Some(_) => response.header("OCI-Filters-Applied", "artifactType"),
+            None => response,
+        };
+        Ok(response.bytes(referrers_index(&referrers)))
+    }
+
+    /// The referrers tag `sha256-<hex>`: the same index as the referrers
+    /// API, as a manifest; unknown while nothing refers to the digest.
+    fn referrers_tag(&self, subject: &Digest) -> Result<Response, RegistryError> {
+        let referrers = self.service.referrers(subject);
+        if referrers.is_empty() {
+            let message = format!("nothing refers to {subject} here");
+            return Err(RegistryError::new(ErrorCode::ManifestUnknown, message));
+        }
+        let index = referrers_index(&referrers);
+        let digest = Digest::of(&index);
+        Ok(Response::new(200)
+            .header("Content-Type", OCI_INDEX)
+            .header("Docker-Content-Digest", digest.to_string())
+            .header("ETag", format!("\"{digest}\""))
+            .bytes(index))
     }
 
     fn blob(&self, request: &Request, digest: Digest) -> Result<Response, RegistryError> {

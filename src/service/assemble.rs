@@ -32,13 +32,17 @@ impl Service {
         self.meta.put_config(&config);
         let manifests = [ManifestFormat::Oci, ManifestFormat::Docker]
             .into_iter()
-            .map(|format| (format, self.meta.put_manifest(&manifest::manifest_json(format, &config, &layers))))
+            .map(|format| {
+                let manifest = manifest::manifest_json(format, &config, &layers, &plan.annotations);
+                (format, self.meta.put_manifest(&manifest))
+            })
             .collect::<BTreeMap<_, _>>();
         let record = ImageRecord {
             platform: plan.config.platform.clone(),
             manifests,
             layers: layers.iter().map(|l| l.digest.clone()).collect(),
             gcroots: gcroots(plan),
+            annotations: plan.annotations.clone(),
         };
         self.meta.put_image(&key, &record);
         Ok(record)

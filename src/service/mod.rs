@@ -1,9 +1,11 @@
 //! The registry's engine: turns an image name and tag into stored manifests
 //! (one build job per image however many clients ask, outliving them),
 //! serves the last image of a moving tag while its next one builds, builds
-//! ahead of pulls (prebuild, watch), and finds or regenerates blobs.
+//! ahead of pulls (prebuild, watch), attaches what each image is made of
+//! (SBOM, provenance), and finds or regenerates blobs.
 
 mod assemble;
+pub mod attest;
 mod blob;
 mod catalog;
 mod inventory;
@@ -16,6 +18,7 @@ mod resolve;
 mod revisions;
 mod slots;
 
+pub use attest::AttestOptions;
 pub use blob::BlobSource;
 pub use inventory::{CacheView, ImageView, LayerView, PlatformImage, ServedTag};
 pub use job::{BuildStatus, Job, JobState, LogChunk, Trigger};

@@ -5,8 +5,11 @@
 //! served as that; a docker archive or nix2container JSON is served as the
 //! image it holds (`image::output` tells the kinds apart); `a/b` is image
 //! `b` of `a` when `a` is a directory of images; any other package becomes
-//! its closure split by popularity plus flakeforge's rootfs layer.
+//! its closure split by popularity plus flakeforge's rootfs layer. Every
+//! plan says where the image comes from ([`ImageOrigin`]): annotations on
+//! its manifest and, in a config of flakeforge's own, the same as labels.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +22,7 @@ use crate::image::conf::LayeredImageConf;
 use crate::image::docker_archive::DockerArchive;
 use crate::image::layer::LayerSource;
 use crate::image::manifest::{ImageConfig, Platform};
+use crate::image::origin::{ImageOrigin, OriginPackage};
 use crate::image::output::{self, OutputKind};
 use crate::image::{nix2container, popularity, ImageRecipe, InvalidImage, Ownership};
 use crate::nix::{attr, LockedFlake, Nix, NixError};
@@ -32,31 +36,59 @@ pub struct ImagePlan {
     pub config: ImageConfig,
     /// What identifies the config in the plan's key.
     config_key: serde_json::Value,
+    /// The annotations of the OCI manifest.
+    pub annotations: BTreeMap<String, String>,
     #[serde(skip)]
     pub gcroots: Vec<PathBuf>,
+    /// Where the image comes from (set by [`plan_image`] on every plan it returns).
+    #[serde(skip)]
+    pub origin: Option<ImageOrigin>,
+    /// The config is flakeforge's own (a plain package's), not one an image
+    /// definition fixed: it gets the annotations as labels too.
+    #[serde(skip)]
+    own_config: bool,
 }
 
 impl ImagePlan {
     fn new(layers: Vec<LayerSource>, config: ImageConfig, gcroots: Vec<PathBuf>) -> Self {
-        let mut config_key = serde_json::json!([config.platform, config.created, config.config]);
-        if let Some(blob) = &config.blob {
-            config_key = serde_json::json!([config_key, Digest::of(blob)]);
-        }
-        ImagePlan { layers, config, config_key, gcroots }
+        let config_key = config_key(&config);
+        ImagePlan { layers, config, config_key, annotations: BTreeMap::new(), gcroots, origin: None, own_config: false }
     }
 
     fn of_recipe(recipe: ImageRecipe, gcroots: Vec<PathBuf>) -> Self {
         Self::new(recipe.layers, recipe.config, gcroots)
     }
 
+    /// Says where the image comes from: the manifest's annotations, and the
+    /// config's labels where the config is flakeforge's. Confs, docker
+    /// archives and nix2container images keep their configs as they are
+    /// (`docker load` of the same image gives the same config).
+    fn described_by(mut self, origin: ImageOrigin) -> Self {
+        self.annotations = origin.annotations();
+        if self.own_config {
+            self.config.config["Labels"] = serde_json::json!(self.annotations);
+            self.config_key = config_key(&self.config);
+        }
+        self.origin = Some(origin);
+        self
+    }
+
     /// Identifies the image this plan generates: the same key, the same digests.
     pub fn key(&self, config: &Config) -> Digest {
         let identity = serde_json::json!({
-            "version": 1,
+            "version": 2,
             "plan": self,
             "compression": config.compression,
         });
         Digest::of(&serde_json::to_vec(&identity).expect("plans serialize"))
+    }
+}
+
+fn config_key(config: &ImageConfig) -> serde_json::Value {
+    let key = serde_json::json!([config.platform, config.created, config.config]);
+    match &config.blob {
+        Some(blob) => serde_json::json!([key, Digest::of(blob)]),
+        None => key,
     }
 }
 
@@ -70,6 +102,27 @@ pub fn plan_image(
     tag: &Tag,
     system: &str,
 ) -> Result<ImagePlan, ServiceError> {
+    let mut origin = ImageOrigin {
+        name: name.canonical(),
+        flake: config.flake.clone(),
+        locked: flake.clone(),
+        system: system.to_owned(),
+        packages: Vec::new(),
+    };
+    let plan = plan_contents(config, nix, flake, name, tag, system, &mut origin)?;
+    Ok(plan.described_by(origin))
+}
+
+/// The layers and config of [`plan_image`], noting in `origin` the packages built.
+fn plan_contents(
+    config: &Config,
+    nix: &Nix,
+    flake: &LockedFlake,
+    name: &RepoName,
+    tag: &Tag,
+    system: &str,
+    origin: &mut ImageOrigin,
+) -> Result<ImagePlan, ServiceError> {
     let roots_dir = gcroots_dir(config, name, tag, system);
     fs::create_dir_all(&roots_dir).map_err(|e| ServiceError::internal("creating the GC root directory", e))?;
 
@@ -77,7 +130,10 @@ pub fn plan_image(
     let mut prebuilt = None;
     if let Some((directory, image)) = name.directory_and_image() {
         match directory_image(nix, flake, system, &roots_dir, directory, image)? {
-            Directory::Image(archive) => return archive_image(&archive, system, out_links(&roots_dir)),
+            Directory::Image(package, archive) => {
+                origin.packages.push(package);
+                return archive_image(&archive, system, out_links(&roots_dir));
+            }
             Directory::Built(package, outputs) => prebuilt = Some((directory, package, outputs)),
             Directory::None => {}
         }
@@ -96,14 +152,17 @@ pub fn plan_image(
         if package.has_conf {
             let link = roots_dir.join(segments[0]);
             let outputs = nix.build(&format!("{flake}#{}.conf", package.attr_path), &link)?;
-            let conf_path = outputs.first().ok_or_else(|| ServiceError::Internal("nix built no output".into()))?;
-            return conf_image(conf_path, system, out_links(&roots_dir));
+            let conf_path =
+                outputs.first().cloned().ok_or_else(|| ServiceError::Internal("nix built no output".into()))?;
+            origin.packages.push(origin_package(package, outputs));
+            return conf_image(&conf_path, system, out_links(&roots_dir));
         }
         if let Some(image_attr) = &package.image_attr {
             let link = roots_dir.join(segments[0]);
             let outputs = nix.build(&format!("{flake}#{}.{image_attr}", package.attr_path), &link)?;
-            let image = outputs.first().ok_or_else(|| ServiceError::Internal("nix built no output".into()))?;
-            return output_image(config, nix, system, image, None, out_links(&roots_dir));
+            let image = outputs.first().cloned().ok_or_else(|| ServiceError::Internal("nix built no output".into()))?;
+            origin.packages.push(origin_package(package, outputs));
+            return output_image(config, nix, system, &image, None, out_links(&roots_dir));
         }
     }
 
@@ -117,7 +176,8 @@ pub fn plan_image(
         if main_program.is_none() {
             main_program.clone_from(&package.main_program);
         }
-        outputs.extend(built);
+        outputs.extend(built.iter().cloned());
+        origin.packages.push(origin_package(package, built));
     }
     let gcroots = out_links(&roots_dir);
     match outputs.as_slice() {
@@ -126,10 +186,14 @@ pub fn plan_image(
     }
 }
 
+fn origin_package(package: &attr::Package, outputs: Vec<PathBuf>) -> OriginPackage {
+    OriginPackage { attr_path: package.attr_path.clone(), outputs, version: package.version.clone() }
+}
+
 /// What the first segment of `a/b` turned out to be.
 enum Directory {
-    /// A directory holding archive `b`.
-    Image(PathBuf),
+    /// A directory (what was built of it) holding archive `b`.
+    Image(OriginPackage, PathBuf),
     /// Not a directory of images: `a` as resolved and built, for composing it with `b`.
     Built(attr::Package, Vec<PathBuf>),
     /// Nothing to reuse: `a` is missing, or its `containers` were built instead of it.
@@ -161,7 +225,8 @@ fn directory_image(
         _ => Default::default(),
     };
     if let Some(archive) = images.get(image) {
-        return Ok(Directory::Image(archive.clone()));
+        let built = OriginPackage { attr_path, outputs: outputs.clone(), version: package.version.clone() };
+        return Ok(Directory::Image(built, archive.clone()));
     }
     if !images.is_empty() && matches!(attr::resolve(nix, flake, system, image), Err(NixError::AttrNotFound { .. })) {
         let listed = images.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
@@ -272,5 +337,5 @@ fn package_image(
     let platform = Platform::of_nix_system(system)
         .ok_or_else(|| ServiceError::Internal(format!("{system} has no OCI platform")))?;
     let image = ImageConfig { platform, created: "1970-01-01T00:00:01Z".into(), config: image_config, blob: None };
-    Ok(ImagePlan::new(layers, image, gcroots))
+    Ok(ImagePlan { own_config: true, ..ImagePlan::new(layers, image, gcroots) })
 }

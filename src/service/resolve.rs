@@ -24,13 +24,14 @@ use super::jobs::Started;
 use super::{plan, ResolvedTag, Service, ServiceError};
 use crate::cache::{ImageRecord, Resolution};
 use crate::digest::Digest;
-use crate::image::manifest;
+use crate::image::{manifest, origin};
 use crate::media_type::ManifestFormat;
 use crate::nix::{LockedFlake, Nix};
 use crate::reference::{RepoName, Tag};
 
 /// Bump when what an image is made of changes, so that stored resolutions are not reused.
-const RESOLUTION_VERSION: u32 = 1;
+/// 2: manifests carry annotations.
+const RESOLUTION_VERSION: u32 = 2;
 
 impl Service {
     /// The manifests for `name:tag` as `client` gets them (see the module's doc).
@@ -139,6 +140,8 @@ impl Service {
             "systems": self.config.systems,
             "compression": self.config.compression,
             "max_layers": self.config.max_layers,
+            // Switched on, what was built without is planned again and attached.
+            "sbom": self.config.attest.sbom,
         });
         Digest::of(&serde_json::to_vec(&identity).expect("keys serialize"))
     }
@@ -193,6 +196,7 @@ impl Service {
         if built.is_empty() {
             return Err(first_error.expect("several systems, none built"));
         }
+        let annotations = origin::annotations(&name.canonical(), &self.config.flake, locked, None);
         let manifests = [ManifestFormat::Oci, ManifestFormat::Docker]
             .into_iter()
             .map(|format| {
@@ -200,7 +204,7 @@ impl Service {
                     .iter()
                     .filter_map(|image| Some((image.platform.clone(), self.meta.manifest(&image.manifests[&format])?)))
                     .collect();
-                (format, self.meta.put_manifest(&manifest::index_json(format, &entries)))
+                (format, self.meta.put_manifest(&manifest::index_json(format, &entries, &annotations)))
             })
             .collect::<BTreeMap<_, _>>();
         Ok(ResolvedTag { manifests })
@@ -218,8 +222,11 @@ impl Service {
         let started = Instant::now();
         let image = format!("{}:{tag} for {system}", name.canonical());
         let result = plan::plan_image(&self.config, nix, locked, name, tag, system).and_then(|plan| {
-            let _slot = self.generation.acquire(None).ok_or(ServiceError::TooManyBuilds)?;
-            self.assemble(&plan)
+            let slot = self.generation.acquire(None).ok_or(ServiceError::TooManyBuilds)?;
+            let record = self.assemble(&plan)?;
+            drop(slot);
+            self.attest(&plan, &record, nix)?;
+            Ok(record)
         });
         match &result {
             Ok(record) => log::info!(

@@ -3,7 +3,8 @@
 # Debian 12 machine (run as root): Nix, busybox-static, the container
 # clients, Chromium and playwright-core for the browser tests, qemu-user
 # for arm64 images, QEMU and debootstrap for the VM tests (tests/vm/), pigz
-# and zstd (the benchmark's references), and an offline Nix configuration.
+# and zstd (the benchmark's references), the CycloneDX schema validator for
+# the SBOM tests, and an offline Nix configuration.
 # Idempotent; quick when everything is there already.
 set -euo pipefail
 
@@ -26,7 +27,7 @@ install_missing() {
 }
 
 install_missing \
-  nix-bin busybox-static git ca-certificates curl openssl procps python3 \
+  nix-bin busybox-static git ca-certificates curl openssl procps python3 python3-venv \
   skopeo podman runc docker.io containerd docker-registry qemu-user-static \
   kmod cpio xz-utils e2fsprogs binutils pigz zstd
 
@@ -64,6 +65,16 @@ if [ ! -x "$arm64_busybox" ]; then
   dpkg-deb -x "$scratch"/busybox-static_*_arm64.deb "$scratch/root"
   install -D -m 0755 "$scratch/root/bin/busybox" "$arm64_busybox"
   rm -rf "$scratch"
+fi
+
+# The official CycloneDX JSON schemas with a validator (tests/sbom.rs), from
+# PyPI into a venv of Debian's python3.
+cyclonedx_venv=/opt/flakeforge-test/cyclonedx
+cyclonedx_lib='cyclonedx-python-lib[json-validation]==11.12.0'
+if ! "$cyclonedx_venv/bin/python" -c 'import cyclonedx.validation.json' 2>/dev/null; then
+  rm -rf "$cyclonedx_venv"
+  /usr/bin/python3 -m venv "$cyclonedx_venv"
+  "$cyclonedx_venv/bin/pip" install -q --disable-pip-version-check "$cyclonedx_lib"
 fi
 
 # Run arm64 binaries through qemu (no systemd here to do it).

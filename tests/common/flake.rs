@@ -391,7 +391,8 @@ impl TestFlake {
         output
     }
 
-    fn commit(&self, message: &str) -> String {
+    /// Commits everything in the flake's directory; returns the new commit.
+    pub fn commit(&self, message: &str) -> String {
         self.git(&["add", "-A"]);
         self.git(&["commit", "-q", "-m", message]);
         self.git(&["rev-parse", "HEAD"]).trim().to_string()

@@ -111,13 +111,16 @@ fn catalog_broken_images_and_layers_made_again() {
     }
     assert!(!names.contains(&"apps"), "{names:?}");
 
-    // An application's `containers` is the same directory: the same image.
-    let digest = |name: &str| {
+    // An application's `containers` is the same directory: the same image
+    // (config and layers), whose manifest says which name it was built as.
+    let manifest = |name: &str| {
         let response = server.get(&format!("/v2/{name}/manifests/latest"));
         assert_eq!(response.status, 200, "{name}: {}", String::from_utf8_lossy(&response.body));
-        response.header("docker-content-digest").unwrap().to_string()
+        response.json()
     };
-    assert_eq!(digest("myapp/web"), digest("apps/web"));
+    let (myapp, apps) = (manifest("myapp/web"), manifest("apps/web"));
+    assert_eq!((&myapp["config"], &myapp["layers"]), (&apps["config"], &apps["layers"]));
+    assert_eq!(myapp["annotations"]["org.opencontainers.image.title"], "myapp/web");
     // Without a directory of images, `a/b` composes packages: `myapp` is one.
     let missing = server.get("/v2/apps/nope/manifests/latest");
     assert_eq!((missing.status, missing.error_code().as_str()), (404, "NAME_UNKNOWN"));

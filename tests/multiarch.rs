@@ -42,7 +42,23 @@ fn an_index_lists_both_platforms_and_clients_pick_theirs() {
         assert_eq!(manifest.body.len() as u64, entry["size"].as_u64().unwrap());
         let config = manifest.json()["config"]["digest"].as_str().unwrap().to_string();
         assert_eq!(server.get(&format!("/v2/arch/blobs/{config}")).json()["architecture"], architecture);
+        // Each platform's image has an SBOM of its own (tests/sbom.rs has the rest).
+        let referrers = server.get(&format!("/v2/arch/referrers/{}", entry["digest"].as_str().unwrap())).json();
+        let sbom = server.get(&format!("/v2/arch/manifests/{}", referrers["manifests"][0]["digest"].as_str().unwrap()));
+        let bom =
+            server.get(&format!("/v2/arch/blobs/{}", sbom.json()["layers"][0]["digest"].as_str().unwrap())).json();
+        let platform = bom["metadata"]["component"]["properties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "flakeforge:platform")
+            .unwrap()["value"]
+            .clone();
+        assert_eq!(platform, platforms(&serde_json::json!({ "manifests": [entry] }))[0].as_str());
     }
+    // The index says what its images all say.
+    assert_eq!(index["annotations"]["org.opencontainers.image.title"], "arch");
+    assert!(index["annotations"]["org.opencontainers.image.revision"].is_string());
 
     // A client that asks only for Docker types gets a Docker manifest list.
     let docker_accept = "application/vnd.docker.distribution.manifest.v2+json, ".to_string() + DOCKER_LIST;

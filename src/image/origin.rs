@@ -21,7 +21,8 @@ pub const VERSION: &str = "org.opencontainers.image.version";
 /// What an image is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageOrigin {
-    /// The image name in its canonical form (`hello`, `curl/jq`).
+    /// The image name: its packages in order (`curl/jq`, also for `jq/curl`),
+    /// or `a/b` as written for image `b` of directory `a`.
     pub name: String,
     /// The flake reference served, as configured.
     pub flake: String,

@@ -103,7 +103,8 @@ pub fn plan_image(
     system: &str,
 ) -> Result<ImagePlan, ServiceError> {
     let mut origin = ImageOrigin {
-        name: name.canonical(),
+        // `a/b` and `b/a` compose one image (made image `b` of directory `a` below).
+        name: name.packages().join("/"),
         flake: config.flake.clone(),
         locked: flake.clone(),
         system: system.to_owned(),
@@ -131,6 +132,7 @@ fn plan_contents(
     if let Some((directory, image)) = name.directory_and_image() {
         match directory_image(nix, flake, system, &roots_dir, directory, image)? {
             Directory::Image(package, archive) => {
+                origin.name = name.as_str().to_owned();
                 origin.packages.push(package);
                 return archive_image(&archive, system, out_links(&roots_dir));
             }

@@ -24,7 +24,7 @@ use super::jobs::Started;
 use super::{plan, ResolvedTag, Service, ServiceError};
 use crate::cache::{ImageRecord, Resolution};
 use crate::digest::Digest;
-use crate::image::{manifest, origin};
+use crate::image::manifest;
 use crate::media_type::ManifestFormat;
 use crate::nix::{LockedFlake, Nix};
 use crate::reference::{RepoName, Tag};
@@ -196,7 +196,9 @@ impl Service {
         if built.is_empty() {
             return Err(first_error.expect("several systems, none built"));
         }
-        let annotations = origin::annotations(&name.canonical(), &self.config.flake, locked, None);
+        // The index says what its images all say.
+        let mut annotations = built[0].annotations.clone();
+        annotations.retain(|key, value| built.iter().all(|image| image.annotations.get(key) == Some(value)));
         let manifests = [ManifestFormat::Oci, ManifestFormat::Docker]
             .into_iter()
             .map(|format| {

@@ -21,7 +21,7 @@ use super::layer::{LayerRecord, LayerSource};
 use super::manifest::Platform;
 use super::origin::ImageOrigin;
 use crate::digest::Digest;
-use crate::nix::derivation::{store_path_of, License, PackageMeta, PackageName};
+use crate::nix::derivation::{parse_name, store_path_name, store_path_of, License, PackageMeta, PackageName};
 use crate::nix::PathInfo;
 
 /// The `bom-ref` of the image, the metadata component.
@@ -226,14 +226,7 @@ fn path_ref(path: &std::path::Path) -> String {
 }
 
 fn store_path_component(info: &PathInfo, name: Option<&PackageName>, meta: Option<&PackageMeta>) -> Component {
-    let fallback;
-    let name = match name {
-        Some(name) => name,
-        None => {
-            fallback = crate::nix::derivation::parse_name(&crate::nix::derivation::store_path_name(&info.path));
-            &fallback
-        }
-    };
+    let name = name.cloned().unwrap_or_else(|| parse_name(&store_path_name(&info.path)));
     let mut properties =
         vec![property("nix:store_path", path_ref(&info.path)), property("nix:nar_size", info.nar_size.to_string())];
     if let Some(deriver) = &info.deriver {
@@ -260,21 +253,33 @@ fn store_path_component(info: &PathInfo, name: Option<&PackageName>, meta: Optio
 }
 
 /// A layer that is a ready tarball, as a file: a base image's layer, a
-/// customisation layer. Layers of store paths are their store paths.
+/// customisation layer. Layers of store paths are their store paths. Its
+/// name is where it is: `base-image.tar/layer.tar` (a member of that
+/// archive), `customisation-layer/layer.tar`.
 fn tarball_component(index: usize, layer: &LayerRecord) -> Option<Component> {
-    let (name, origin) = match &layer.source {
-        LayerSource::ArchiveMember { archive, member, .. } => (member.clone(), archive),
-        LayerSource::TarFile { path, .. } => (path.file_name()?.to_string_lossy().into_owned(), path),
+    let (origin, member) = match &layer.source {
+        LayerSource::ArchiveMember { archive, member, .. } => (archive, Some(member)),
+        LayerSource::TarFile { path, .. } => (path, None),
         _ => return None,
     };
-    let within = store_path_of(origin).map(|store_path| crate::nix::derivation::store_path_name(&store_path));
+    let mut name = match store_path_of(origin) {
+        Some(store_path) => {
+            let within = origin.strip_prefix(&store_path).unwrap_or(origin);
+            [store_path_name(&store_path), within.to_string_lossy().into_owned()]
+                .into_iter()
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join("/")
+        }
+        None => path_ref(origin),
+    };
+    if let Some(member) = member {
+        name = format!("{name}/{member}");
+    }
     Some(Component {
         kind: "file",
         bom_ref: Some(format!("layer:{}", layer.diff_id)),
-        name: match within {
-            Some(within) => format!("{within}/{name}"),
-            None => name,
-        },
+        name,
         description: Some(format!("layer {} of the image", index + 1)),
         hashes: vec![Hash { alg: "SHA-256", content: layer.diff_id.hex().to_owned() }],
         properties: vec![
@@ -519,6 +524,24 @@ mod tests {
         assert_eq!(layer["hashes"][0]["content"], Digest::of(b"tar").hex());
         let reference = format!("layer:{}", Digest::of(b"tar"));
         assert_eq!(bom["dependencies"][0]["dependsOn"], serde_json::json!([HELLO, reference]));
+    }
+
+    #[test]
+    fn tarball_layers_are_named_by_where_they_are() {
+        let record = |source| LayerRecord { source, ..base_layer() };
+        let name = |source| tarball_component(0, &record(source)).unwrap().name;
+        assert_eq!(
+            name(LayerSource::TarFile { path: format!("{TOOLS}/layer.tar").into(), diff_id: None }),
+            "test-tools/layer.tar"
+        );
+        let file = "/nix/store/0a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p-layer.tar.gz";
+        assert_eq!(name(LayerSource::TarFile { path: file.into(), diff_id: None }), "layer.tar.gz");
+        let member = LayerSource::ArchiveMember {
+            archive: format!("{TOOLS}/web.tar").into(),
+            member: "a/layer.tar".into(),
+            diff_id: None,
+        };
+        assert_eq!(name(member), "test-tools/web.tar/a/layer.tar");
     }
 
     #[test]

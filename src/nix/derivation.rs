@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::attr::eval_cached;
 use super::command::Invocation;
@@ -84,22 +83,25 @@ struct ShownDerivation {
     env: DerivationEnv,
 }
 
+/// Nix 2.34 and later wrap the derivations in an object of their own.
+#[derive(Deserialize)]
+struct Wrapped {
+    derivations: BTreeMap<String, ShownDerivation>,
+}
+
 /// The derivations `nix show-derivation` printed, by file name (`<hash>-x.drv`).
-/// Nix 2.8 keys them by path, 2.32 by file name, 2.34 wraps them in `derivations`.
+/// Nix 2.8 keys them by path, 2.32 by file name, 2.34 wraps them in
+/// `derivations`. Read into the few fields wanted: a closure's derivations
+/// can print tens of megabytes of build scripts.
 fn parse_shown(stdout: &[u8]) -> Result<BTreeMap<String, DerivationEnv>, NixError> {
-    let value: Value =
-        serde_json::from_slice(stdout).map_err(|error| NixError::Output(format!("nix show-derivation: {error}")))?;
-    let derivations = value.get("derivations").unwrap_or(&value);
-    let Some(derivations) = derivations.as_object() else {
-        return Err(NixError::Output("nix show-derivation printed no object".into()));
+    let derivations = match serde_json::from_slice::<BTreeMap<String, ShownDerivation>>(stdout) {
+        Ok(derivations) => derivations,
+        Err(plain) => match serde_json::from_slice::<Wrapped>(stdout) {
+            Ok(wrapped) => wrapped.derivations,
+            Err(_) => return Err(NixError::Output(format!("nix show-derivation: {plain}"))),
+        },
     };
-    let mut by_name = BTreeMap::new();
-    for (key, derivation) in derivations {
-        let shown: ShownDerivation = serde_json::from_value(derivation.clone())
-            .map_err(|error| NixError::Output(format!("nix show-derivation: {key}: {error}")))?;
-        by_name.insert(file_name(key), shown.env);
-    }
-    Ok(by_name)
+    Ok(derivations.into_iter().map(|(key, shown)| (file_name(&key), shown.env)).collect())
 }
 
 fn file_name(path: &str) -> String {

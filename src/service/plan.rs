@@ -110,20 +110,22 @@ pub fn plan_image(
         system: system.to_owned(),
         packages: Vec::new(),
     };
-    let plan = plan_contents(config, nix, flake, name, tag, system, &mut origin)?;
+    let plan = plan_contents(config, nix, name, tag, &mut origin)?;
     Ok(plan.described_by(origin))
 }
 
-/// The layers and config of [`plan_image`], noting in `origin` the packages built.
+/// The layers and config of [`plan_image`] (of the revision and system
+/// `origin` names), noting in `origin` the packages built.
 fn plan_contents(
     config: &Config,
     nix: &Nix,
-    flake: &LockedFlake,
     name: &RepoName,
     tag: &Tag,
-    system: &str,
     origin: &mut ImageOrigin,
 ) -> Result<ImagePlan, ServiceError> {
+    // Copies: `origin` takes the packages as they are built.
+    let flake: &LockedFlake = &origin.locked.clone();
+    let system: &str = &origin.system.clone();
     let roots_dir = gcroots_dir(config, name, tag, system);
     fs::create_dir_all(&roots_dir).map_err(|e| ServiceError::internal("creating the GC root directory", e))?;
 

@@ -5,10 +5,11 @@
 //! versions from the derivations and the package's meta; its provenance
 //! names the locked revision (a tag's own) and the flake's inputs; both are
 //! listed by the referrers API (filtered and not, for both manifest forms)
-//! and the referrers tag, and skopeo copies them; they come out the same
-//! after a restart and from another state directory; `--no-sbom` attaches
-//! nothing and changes no image. Manifests carry the annotations, a plain
-//! package's config the same labels, a conf's config stays the conf's.
+//! and the referrers tag, linked from the image's page, and skopeo copies
+//! them; they come out the same after a restart and from another state
+//! directory; `--no-sbom` attaches nothing and changes no image. Manifests
+//! carry the annotations, a plain package's config the same labels, a
+//! conf's config stays the conf's.
 
 mod common;
 
@@ -218,6 +219,19 @@ fn sri_hex(sri: &str) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The `<a>` tag of the image page that links the document of `artifact_type`.
+fn attached_link<'a>(page: &'a str, artifact_type: &str) -> &'a str {
+    let marker = format!("data-artifact-type=\"{artifact_type}\"");
+    let at = page.find(&marker).unwrap_or_else(|| panic!("no link to the {artifact_type} document: {page}"));
+    let start = page[..at].rfind("<a ").unwrap();
+    &page[start..start + page[start..].find('>').unwrap()]
+}
+
+fn attribute(tag: &str, name: &str) -> String {
+    let start = tag.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("no {name} in {tag}")) + name.len() + 3;
+    tag[start..start + tag[start..].find('"').unwrap()].to_string()
+}
+
 fn property<'a>(component: &'a Value, name: &str) -> Vec<&'a str> {
     let properties = component["properties"].as_array().map(Vec::as_slice).unwrap_or_default();
     properties.iter().filter(|p| p["name"] == name).map(|p| p["value"].as_str().unwrap()).collect()
@@ -352,6 +366,20 @@ fn the_sbom_is_the_closure_and_the_provenance_the_revision() {
     let blob_hex = sbom_manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
     assert_eq!(fs::read(copied.path().join("sbom").join(blob_hex)).unwrap(), sbom);
 
+    // The image's page links both documents, and the referrers list.
+    let page = server.get("/images/hello");
+    assert_eq!(page.status, 200);
+    let page = String::from_utf8(page.body).unwrap();
+    let (_, _, statement_bytes) = artifact(&server, &digest, IN_TOTO);
+    for (artifact_type, file_name, document) in
+        [(CYCLONEDX, "sbom.cdx.json", &sbom), (IN_TOTO, "provenance.intoto.json", &statement_bytes)]
+    {
+        let link = attached_link(&page, artifact_type);
+        assert!(link.contains(&format!("download=\"{file_name}\"")), "{link}");
+        assert_eq!(&server.get(&attribute(link, "href")).body, document, "the page's {artifact_type} link");
+    }
+    assert!(page.contains(&format!("href=\"/v2/hello/referrers/{digest}\"")), "{page}");
+
     // A tag is its own revision.
     let (v1_digest, v1_manifest) = manifest(&server, "hello", "v1", OCI_MANIFEST);
     assert_eq!(v1_manifest["annotations"]["org.opencontainers.image.revision"], v1.as_str());
@@ -384,6 +412,8 @@ fn the_sbom_is_the_closure_and_the_provenance_the_revision() {
     assert_eq!(referrers(&without, &digest, "").json()["manifests"], serde_json::json!([]));
     let no_tag = without.get(&format!("/v2/hello/manifests/sha256-{}", &digest["sha256:".len()..]));
     assert_eq!(no_tag.status, 404);
+    let page = String::from_utf8(without.get("/images/hello").body).unwrap();
+    assert!(page.contains("<h1>hello:latest</h1>") && !page.contains("Made of:"), "{page}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::Service;
 use crate::digest::Digest;
 use crate::image::layer::LayerRecord;
+use crate::image::origin::TITLE;
 use crate::media_type::{ManifestFormat, DOCKER_MANIFEST_LIST, OCI_INDEX};
 use crate::reference::{RepoName, Tag};
 
@@ -39,6 +40,8 @@ pub struct PlatformImage {
     pub config: Value,
     pub config_size: u64,
     pub layers: Vec<LayerView>,
+    /// The documents attached to the manifest (its SBOM, its provenance), as the referrers API lists them.
+    pub attached: Vec<AttachedView>,
 }
 
 impl PlatformImage {
@@ -56,6 +59,18 @@ pub struct LayerView {
     pub cached: bool,
     /// What the layer is made of, if its record is known: a kind and its store paths or file.
     pub contents: Option<(&'static str, Vec<String>)>,
+}
+
+/// A document attached to an image's manifest, and where to fetch it.
+#[derive(Debug, Clone)]
+pub struct AttachedView {
+    pub artifact_type: String,
+    /// The artifact's manifest.
+    pub manifest: Digest,
+    /// The document: the artifact's one layer, a blob.
+    pub document: Digest,
+    /// The file name the artifact gives it (`sbom.cdx.json`).
+    pub file_name: Option<String>,
 }
 
 /// The blob cache: how full, and its largest blobs.
@@ -152,12 +167,27 @@ impl Service {
                 })
             })
             .collect();
+        let attached = self
+            .referrers(&manifest)
+            .into_iter()
+            .filter_map(|referrer| {
+                let artifact = self.manifest_json(&referrer.digest);
+                let document = &artifact["layers"][0];
+                Some(AttachedView {
+                    document: document["digest"].as_str()?.parse().ok()?,
+                    file_name: document["annotations"][TITLE].as_str().map(str::to_string),
+                    artifact_type: referrer.artifact_type,
+                    manifest: referrer.digest,
+                })
+            })
+            .collect();
         PlatformImage {
             platform: platform.or_else(|| platform_name(&config_blob)).unwrap_or_else(|| "unknown".into()),
             manifest,
             config: config_blob["config"].clone(),
             config_size: document["config"]["size"].as_u64().unwrap_or_default(),
             layers,
+            attached,
         }
     }
 

@@ -20,7 +20,7 @@ mod slots;
 
 pub use attest::AttestOptions;
 pub use blob::BlobSource;
-pub use inventory::{CacheView, ImageView, LayerView, PlatformImage, ServedTag};
+pub use inventory::{AttachedView, CacheView, ImageView, LayerView, PlatformImage, ServedTag};
 pub use job::{BuildStatus, Job, JobState, LogChunk, Trigger};
 pub use prebuild::PrebuildOptions;
 

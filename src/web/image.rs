@@ -1,8 +1,9 @@
 //! `GET /images/NAME[:TAG]`: one image as served now. The `docker pull` and
 //! `podman pull` lines (with the host the browser used), the revision and
-//! digests, then per platform its config (Cmd, Env, …) and its layers: a
-//! bar chart of their sizes and a table of what each holds, with the
-//! layers other images share marked.
+//! digests, then per platform links to its SBOM and provenance (the
+//! documents attached to its manifest), its config (Cmd, Env, …) and its
+//! layers: a bar chart of their sizes and a table of what each holds, with
+//! the layers other images share marked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -14,6 +15,7 @@ use super::chart::{layer_chart, what};
 use super::html::{self, escape, short_digest, url_part, Section};
 use crate::digest::Digest;
 use crate::http::{Request, Response};
+use crate::media_type::{CYCLONEDX_JSON, IN_TOTO_JSON};
 use crate::reference::{RepoName, Tag};
 use crate::service::{ImageView, PlatformImage, Service};
 
@@ -115,6 +117,7 @@ fn platform_section(view: &ImageView, platform: &PlatformImage, users: &BTreeMap
         size = html::bytes(platform.size()),
         manifest = short_digest(&platform.manifest),
     );
+    html.push_str(&attached_line(me, platform));
     html.push_str("<h3>Config</h3><div class=\"card\">");
     html.push_str(&config_list(&platform.config));
     html.push_str("</div><h3>Layers</h3><div class=\"card\">");
@@ -154,6 +157,43 @@ fn platform_section(view: &ImageView, platform: &PlatformImage, users: &BTreeMap
     }
     html.push_str("</tbody></table></div></section>");
     html
+}
+
+/// Links to what the platform's manifest says it is made of (its SBOM and
+/// provenance, from the referrers API): each document's blob, and the
+/// referrers list itself. Nothing when none is attached (`--no-sbom`).
+fn attached_line(name: &str, platform: &PlatformImage) -> String {
+    if platform.attached.is_empty() {
+        return String::new();
+    }
+    let links: Vec<String> = platform
+        .attached
+        .iter()
+        .map(|attached| {
+            let what = match attached.artifact_type.as_str() {
+                CYCLONEDX_JSON => "SBOM (CycloneDX)",
+                IN_TOTO_JSON => "provenance (SLSA)",
+                other => other,
+            };
+            let download =
+                attached.file_name.as_deref().map(|f| format!(" download=\"{}\"", escape(f))).unwrap_or_default();
+            format!(
+                "<a class=\"attached\" data-artifact-type=\"{kind}\" data-manifest=\"{manifest}\" \
+                 href=\"/v2/{name}/blobs/{document}\"{download}>{what}</a>",
+                kind = escape(&attached.artifact_type),
+                manifest = attached.manifest,
+                name = escape(name),
+                document = attached.document,
+                what = escape(what),
+            )
+        })
+        .collect();
+    format!(
+        "<p class=\"made-of\">Made of: {} · <a href=\"/v2/{}/referrers/{}\">referrers</a></p>",
+        links.join(" · "),
+        escape(name),
+        platform.manifest,
+    )
 }
 
 /// The config's settings as a definition list; lists one item a line.

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use common::clients::{skopeo, Containerd, DockerRegistry, Dockerd, Podman};
-use common::flake::HELLO;
+use common::flake::{oci_arch, HELLO};
 use common::server::read_response;
 use common::{run_ok, TestDir, TestFlake, NIX_CONFIG};
 
@@ -60,7 +60,7 @@ fn write_hello_layout(flake: &TestFlake, layout: &Path) {
     fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     let layer = closure_layer(&hello);
     let config = json!({
-        "architecture": oci_architecture(),
+        "architecture": oci_arch(),
         "os": "linux",
         "config": { "Cmd": [hello.join("bin/hello")] },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&layer))] },
@@ -75,14 +75,6 @@ fn write_hello_layout(flake: &TestFlake, layout: &Path) {
     let index = json!({ "schemaVersion": 2, "manifests": [manifest] });
     fs::write(layout.join("index.json"), index.to_string()).unwrap();
     fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-}
-
-fn oci_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
 }
 
 /// docker-registry with the test flake's `hello` pushed to it as
@@ -169,7 +161,7 @@ fn img_conf_has_the_stream_layered_image_shape() {
         "uname",
     ];
     assert_eq!(fields, expected);
-    assert_eq!(conf["architecture"], oci_architecture());
+    assert_eq!(conf["architecture"], oci_arch());
     assert_eq!(conf["from_image"], Value::Null);
     assert_eq!(conf["store_dir"], "/nix/store");
     assert!(conf["config"]["Cmd"].is_array() && conf["config"]["Env"].is_array(), "{conf}");

@@ -20,6 +20,7 @@ use std::process::Command;
 
 use base64::Engine;
 use common::clients::skopeo;
+use common::flake::{oci_arch, BASE_IMAGE};
 use common::server::HttpResponse;
 use common::{run_ok, FlakeforgeServer, TestDir, TestFlake, NIX_CONFIG};
 use serde_json::Value;
@@ -67,16 +68,7 @@ const FLAKE: &str = r#####"{
           description = "Says its version";
         };
       };
-      base = run "base-image.tar" ''
-        set -e
-        PATH=${busybox}/bin
-        mkdir -p layer image && echo "from the base image" > layer/base-file
-        tar -C layer -cf image/layer.tar base-file
-        diff=$(sha256sum image/layer.tar | cut -d' ' -f1)
-        printf '{"architecture":"${arch}","os":"linux","config":{"Env":["BASE=1"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' $diff > image/config.json
-        printf '[{"Config":"config.json","RepoTags":["base:latest"],"Layers":["layer.tar"]}]' > image/manifest.json
-        tar -C image -cf $out manifest.json config.json layer.tar
-      '' { };
+@BASE_IMAGE@
       customisation = run "customisation-layer" ''
         set -e
         PATH=${busybox}/bin
@@ -126,14 +118,10 @@ impl SbomFlake {
     }
 
     fn write(&self, version: &str) {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
         let text = FLAKE
+            .replace("@BASE_IMAGE@", BASE_IMAGE)
             .replace("@SYSTEM@", &format!("{}-linux", std::env::consts::ARCH))
-            .replace("@ARCH@", arch)
+            .replace("@ARCH@", oci_arch())
             .replace("@VERSION@", version)
             .replace("@HELPER@", self.helper.path().to_str().unwrap());
         fs::write(self.flake.path().join("flake.nix"), text).unwrap();

@@ -54,6 +54,29 @@ const PRELUDE: &str = r#####"
       script = scriptAfter "";
 "#####;
 
+/// `base`: a docker archive of one layer (a file `base-file`) for images
+/// to build on (`from_image`), made with `run` and `busybox`; `@ARCH@` is
+/// the host's OCI architecture.
+pub const BASE_IMAGE: &str = r#####"      base = run "base-image.tar" ''
+        set -e
+        PATH=${busybox}/bin
+        mkdir -p layer image && echo "from the base image" > layer/base-file
+        tar -C layer -cf image/layer.tar base-file
+        diff=$(sha256sum image/layer.tar | cut -d' ' -f1)
+        printf '{"architecture":"@ARCH@","os":"linux","config":{"Env":["BASE=1","PATH=/base"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' $diff > image/config.json
+        printf '[{"Config":"config.json","RepoTags":["base:latest"],"Layers":["layer.tar"]}]' > image/manifest.json
+        tar -C image -cf $out manifest.json config.json layer.tar
+      '' { };"#####;
+
+/// The host's architecture as OCI names it (`amd64`, `arm64`).
+pub fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// The flake.
 const FLAKE: &str = r#####"{
   description = "flakeforge test flake";
@@ -70,16 +93,7 @@ const FLAKE: &str = r#####"{
         tar -C root -cf $out/layer.tar etc hello
         sha256sum $out/layer.tar | cut -d' ' -f1 > $out/checksum
       '' { };
-      base = run "base-image.tar" ''
-        set -e
-        PATH=${busybox}/bin
-        mkdir -p layer image && echo "from the base image" > layer/base-file
-        tar -C layer -cf image/layer.tar base-file
-        diff=$(sha256sum image/layer.tar | cut -d' ' -f1)
-        printf '{"architecture":"amd64","os":"linux","config":{"Env":["BASE=1","PATH=/base"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' $diff > image/config.json
-        printf '[{"Config":"config.json","RepoTags":["base:latest"],"Layers":["layer.tar"]}]' > image/manifest.json
-        tar -C image -cf $out manifest.json config.json layer.tar
-      '' { };
+@BASE_IMAGE@
       conf = name: extra: run "${name}-conf.json" ''${bb} printf '%s' "$conf" > $out'' {
         conf = builtins.toJSON ({
           architecture = "@ARCH@";
@@ -281,14 +295,10 @@ impl TestFlake {
         if self.small {
             return self.write_small(hello, "");
         }
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
         let text = FLAKE
             .replace("@PRELUDE@", PRELUDE)
-            .replace("@ARCH@", arch)
+            .replace("@BASE_IMAGE@", BASE_IMAGE)
+            .replace("@ARCH@", oci_arch())
             .replace("@SLEEP@", &sleep_seconds(self.path()).to_string())
             .replace("@SLOW@", &SLOW_SECONDS.to_string())
             .replace("@NUMBERS@", &NUMBERS.to_string());

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use flakeforge::digest::{Digest, HashingWriter};
 use flakeforge::image::nix2container::layer::{write_layer, LayerPath};
 
+use super::flake::oci_arch;
 use super::TestFlake;
 
 /// The images pulled and run by every client.
@@ -226,12 +227,7 @@ const FLAKE: &str = r#####"{
 /// layers computed from its broken twin's layers (same paths and options).
 pub fn image_kinds_flake() -> TestFlake {
     let system = format!("{}-linux", std::env::consts::ARCH);
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    let flake = TestFlake::with_text(&FLAKE.replace("@SYSTEM@", &system).replace("@ARCH@", arch));
+    let flake = TestFlake::with_text(&FLAKE.replace("@SYSTEM@", &system).replace("@ARCH@", oci_arch()));
     let zeros = format!("sha256:{}", "0".repeat(64));
     fs::write(flake.path().join("n2c-diff-ids.json"), serde_json::json!([zeros, zeros]).to_string()).unwrap();
     let twin: serde_json::Value = serde_json::from_slice(&fs::read(flake.build("badn2c")).unwrap()).unwrap();

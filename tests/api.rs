@@ -123,7 +123,10 @@ fn errors_are_the_spec_json() {
         ("GET", "/v2/a%23b/manifests/latest".to_string(), 400, "NAME_INVALID"),
         ("GET", "/v2/Hello/manifests/latest".to_string(), 400, "NAME_INVALID"),
         ("GET", "/v2/nope/manifests/latest".to_string(), 404, "NAME_UNKNOWN"),
-        ("GET", "/v2/hello/manifests/-bad".to_string(), 400, "MANIFEST_INVALID"),
+        // A malformed tag names no manifest (OCI conformance v1.1.1, CNCF distribution).
+        ("GET", "/v2/hello/manifests/-bad".to_string(), 404, "MANIFEST_UNKNOWN"),
+        ("GET", "/v2/hello/manifests/.hidden".to_string(), 404, "MANIFEST_UNKNOWN"),
+        ("GET", format!("/v2/hello/manifests/{}", "t".repeat(129)), 404, "MANIFEST_UNKNOWN"),
         ("GET", format!("/v2/hello/manifests/{zeros}"), 404, "MANIFEST_UNKNOWN"),
         ("GET", "/v2/hello/manifests/v1".to_string(), 404, "MANIFEST_UNKNOWN"),
         ("GET", "/v2/hello/blobs/sha256:xyz".to_string(), 400, "DIGEST_INVALID"),
@@ -145,6 +148,8 @@ fn errors_are_the_spec_json() {
         let message = response.json()["errors"][0]["message"].as_str().unwrap().to_string();
         assert!(!message.is_empty() && !message.contains("/tmp/"), "{method} {path}: {message}");
     }
+    assert_eq!(server.request("HEAD", "/v2/hello/manifests/-bad", &[]).status, 404);
+    assert_eq!(server.request("HEAD", "/v2/hello/manifests/sha256:abc", &[]).status, 400);
     let tag_on_path_flake = server.get("/v2/hello/manifests/v1").json();
     assert!(tag_on_path_flake["errors"][0]["message"].as_str().unwrap().contains("no tags but latest"));
 

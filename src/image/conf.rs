@@ -9,7 +9,7 @@ use super::Ownership;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfError {
-    #[error("not a streamLayeredImage conf: {0}")]
+    #[error("the conf does not parse: {0}")]
     Json(#[from] serde_json::Error),
     #[error("invalid conf field {field}: {reason}")]
     Field { field: &'static str, reason: String },
@@ -34,6 +34,23 @@ pub struct LayeredImageConf {
     pub from_image: Option<String>,
     #[serde(default)]
     pub repo_tag: Option<String>,
+}
+
+/// Keys only a streamLayeredImage conf has.
+const CONF_KEYS: [&str; 2] = ["customisation_layer", "store_layers"];
+
+/// Whether `bytes` are meant as a streamLayeredImage conf: a JSON object
+/// with a conf's own keys, or text that starts like one and names them (a
+/// conf cut short). Such a file that does not parse is a broken conf, to be
+/// reported, not some other file to be served another way.
+pub fn looks_like_conf(bytes: &[u8]) -> bool {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(value) => value.as_object().is_some_and(|object| CONF_KEYS.iter().any(|key| object.contains_key(*key))),
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes);
+            text.trim_start().starts_with('{') && CONF_KEYS.iter().any(|key| text.contains(&format!("\"{key}\"")))
+        }
+    }
 }
 
 impl LayeredImageConf {
@@ -134,7 +151,8 @@ impl DateTime {
 }
 
 /// `"now"` or the ISO 8601 forms `datetime.fromisoformat` reads:
-/// `YYYY-MM-DD[(T| )HH:MM[:SS[.f{1,6}]]][Z|±HH:MM[:SS]]`.
+/// `YYYY-MM-DD[(T| )HH:MM[:SS[.f{1,6}]]][Z|±HH:MM[:SS]]`, year 1 to 9999
+/// (Python's range: anything else could not be written back as RFC 3339).
 fn parse_time(text: &str) -> Result<DateTime, String> {
     if text == "now" {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?;
@@ -146,17 +164,19 @@ fn parse_time(text: &str) -> Result<DateTime, String> {
         });
     }
     let bad = || format!("{text:?} is not an ISO 8601 date and time");
-    let number = |s: &str| -> Result<i64, String> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    // Fixed-width digit fields, so no value can overflow what follows.
+    let digits = |s: &str, width: usize| -> Result<i64, String> {
+        if s.len() != width || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         s.parse().map_err(|_| bad())
     };
-    let (date, rest) = text.split_at(text.len().min(10));
-    let parts: Vec<&str> = date.split('-').collect();
-    let [y, m, d] = parts.as_slice() else { return Err(bad()) };
-    let (y, m, d) = (number(y)?, number(m)?, number(d)?);
-    if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
+    // `get` rather than slicing: a multi-byte character may straddle the end of the date.
+    let date = text.get(..10).ok_or_else(bad)?;
+    let rest = &text[10..];
+    let [y, m, d] = <[&str; 3]>::try_from(date.split('-').collect::<Vec<_>>()).map_err(|_| bad())?;
+    let (y, m, d) = (digits(y, 4)?, digits(m, 2)?, digits(d, 2)?);
+    if y < 1 || !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
         return Err(bad());
     }
     let mut result = DateTime { days: days_from_civil(y, m, d), micros_of_day: 0, offset_seconds: None };
@@ -167,7 +187,7 @@ fn parse_time(text: &str) -> Result<DateTime, String> {
     let zone_at = time.find(['Z', '+', '-']).unwrap_or(time.len());
     let (clock, zone) = time.split_at(zone_at);
     let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
-    let fields: Vec<i64> = hms.split(':').map(number).collect::<Result<_, _>>()?;
+    let fields: Vec<i64> = hms.split(':').map(|f| digits(f, 2)).collect::<Result<_, _>>()?;
     let (h, min, s) = match fields.as_slice() {
         [h, min] => (*h, *min, 0),
         [h, min, s] => (*h, *min, *s),
@@ -176,14 +196,19 @@ fn parse_time(text: &str) -> Result<DateTime, String> {
     if h > 23 || min > 59 || s > 59 || fraction.len() > 6 || (clock.contains('.') && fraction.is_empty()) {
         return Err(bad());
     }
-    let micros = if fraction.is_empty() { 0 } else { number(fraction)? * 10i64.pow(6 - fraction.len() as u32) };
+    let micros =
+        if fraction.is_empty() { 0 } else { digits(fraction, fraction.len())? * 10i64.pow(6 - fraction.len() as u32) };
     result.micros_of_day = ((h * 60 + min) * 60 + s) * 1_000_000 + micros;
     result.offset_seconds = match zone {
         "" => None,
         "Z" => Some(0),
         _ => {
-            let sign = if zone.starts_with('-') { -1 } else { 1 };
-            let fields: Vec<i64> = zone[1..].split(':').map(number).collect::<Result<_, _>>()?;
+            let (sign, offset) = match zone.split_at(1) {
+                ("+", offset) => (1, offset),
+                ("-", offset) => (-1, offset),
+                _ => return Err(bad()),
+            };
+            let fields: Vec<i64> = offset.split(':').map(|f| digits(f, 2)).collect::<Result<_, _>>()?;
             let (oh, om, os) = match fields.as_slice() {
                 [oh, om] => (*oh, *om, 0),
                 [oh, om, os] => (*oh, *om, *os),
@@ -267,6 +292,46 @@ mod tests {
             assert!(conf(bad, bad).ownership().is_err(), "{bad}");
         }
         assert!(conf("now", "now").created_iso().unwrap().ends_with("+00:00"));
+    }
+
+    #[test]
+    fn malformed_times_are_errors_not_panics() {
+        for bad in [
+            "2023-11-1é",
+            "2023-11-é1",
+            "éééééé",
+            "99999-1-1",
+            "999999-1-1",
+            "10000-01-01",
+            "0000-01-01",
+            "2023-1-01",
+            "+123-01-01",
+            "2023-01-01T1:00",
+            "2023-01-01T10:00Z+01:00",
+            "2023-01-01T10:00*01:00",
+            "2023-01-01T10:00+1:00",
+            "2023-01-01T99999999999999999999:00",
+            "2023-01-01T10:00:00.1234567",
+            "2023-01-01T10:00é",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad:?}");
+            assert!(conf(bad, bad).ownership().is_err() && conf(bad, bad).created_iso().is_err(), "{bad:?}");
+        }
+        // The extremes Python accepts still come out as four-digit years.
+        assert_eq!(conf("9999-12-31T23:59:59Z", "1970-01-01").created_iso().unwrap(), "9999-12-31T23:59:59+00:00");
+        assert_eq!(conf("0001-01-01", "1970-01-01").created_iso().unwrap(), "0001-01-01T00:00:00");
+        assert_eq!(conf("1970-01-01", "9999-12-31T23:59:59Z").ownership().unwrap().mtime, 253_402_300_799);
+    }
+
+    #[test]
+    fn confs_are_told_apart_from_other_files() {
+        assert!(looks_like_conf(br#"{"store_layers": [], "customisation_layer": "/x"}"#));
+        assert!(looks_like_conf(br#"{"store_layers": "of the wrong type"}"#));
+        assert!(looks_like_conf(br#" {"architecture": "amd64", "store_layers": [["/nix/store/a"#));
+        assert!(!looks_like_conf(br#"{"name": "some other JSON"}"#));
+        assert!(!looks_like_conf(b"#!/bin/sh\necho store_layers\n"));
+        assert!(!looks_like_conf(b"[1, 2]"));
+        assert!(!looks_like_conf(b"\x7fELF\x02\x01"));
     }
 
     #[test]

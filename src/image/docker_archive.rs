@@ -296,6 +296,42 @@ mod tests {
     }
 
     #[test]
+    fn malformed_archives_are_errors_or_no_archive_never_panics() {
+        let layer_id = Digest::of(b"layer").to_string();
+        let config = format!(r#"{{"rootfs": {{"diff_ids": ["{layer_id}"]}}}}"#);
+        let good_manifest = br#"[{"Config": "c.json", "Layers": ["l.tar"]}]"#;
+        let cases: Vec<(&str, Vec<(&str, &[u8])>)> = vec![
+            ("manifest-object", vec![("manifest.json", b"{}")]),
+            ("manifest-empty", vec![("manifest.json", b"[]")]),
+            ("config-number", vec![("manifest.json", b"[{\"Config\": 7}]")]),
+            ("layer-number", vec![("manifest.json", br#"[{"Config": "c.json", "Layers": [1]}]"#)]),
+            ("no-config", vec![("manifest.json", good_manifest)]),
+            ("no-diff-ids", vec![("manifest.json", good_manifest), ("c.json", b"{\"rootfs\": {}}")]),
+            ("no-layer", vec![("manifest.json", good_manifest), ("c.json", config.as_bytes())]),
+            ("manifest-not-utf8", vec![("manifest.json", b"[\xff\xfe"), ("c.json", config.as_bytes())]),
+            (
+                "bad-diff-id",
+                vec![
+                    ("manifest.json", good_manifest),
+                    ("c.json", br#"{"rootfs": {"diff_ids": ["sha256:nothex"]}}"#),
+                    ("l.tar", b"layer"),
+                ],
+            ),
+        ];
+        for (name, members) in cases {
+            let path = write(name, &members, Compression::None);
+            assert!(!matches!(DockerArchive::open(&path), Ok(Some(_))), "{name} was read as an image");
+            std::fs::remove_file(&path).unwrap();
+        }
+        let garbage = std::env::temp_dir().join(format!("flakeforge-archive-garbage-{}", std::process::id()));
+        for bytes in [&b""[..], b"not a tarball at all", &[0xff; 1024], &[0x1f, 0x8b, 0, 0]] {
+            std::fs::write(&garbage, bytes).unwrap();
+            assert!(!matches!(DockerArchive::open(&garbage), Ok(Some(_))), "{bytes:?}");
+        }
+        std::fs::remove_file(&garbage).unwrap();
+    }
+
+    #[test]
     fn truncated_archives_and_plain_tarballs() {
         let manifest = br#"[{"Config":"c.json","Layers":[]}]"#;
         let whole = write("whole", &[("c.json", b"{}"), ("manifest.json", manifest)], Compression::None);

@@ -1,6 +1,8 @@
 //! What kind of image a build output is. A single output file is, in this order:
-//! - a JSON document with `store_layers` and `customisation_layer`: a
-//!   streamLayeredImage conf (what `streamLayeredImageConf` outputs);
+//! - a JSON document with `store_layers` or `customisation_layer`, or text
+//!   that starts like one and names them (cut short): a streamLayeredImage
+//!   conf (what `streamLayeredImageConf` outputs), to be reported if it does
+//!   not parse, never served as a package;
 //! - a JSON document with `version`, `image-config` and `layers`: a
 //!   nix2container image;
 //! - a tarball (plain, gzip or zstd; its first header's checksum holds)
@@ -18,7 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::docker_archive::DockerArchive;
-use super::{archive, nix2container, InvalidImage};
+use super::{archive, conf, nix2container, InvalidImage};
 use crate::reference::RepoName;
 
 #[derive(Debug)]
@@ -46,10 +48,10 @@ pub fn classify(path: &Path) -> Result<OutputKind, InvalidImage> {
     fs::File::open(path).and_then(|f| f.take(64).read_to_end(&mut head)).map_err(unreadable)?;
     if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') && meta.len() <= JSON_LIMIT {
         let bytes = fs::read(path).map_err(unreadable)?;
+        if conf::looks_like_conf(&bytes) {
+            return Ok(OutputKind::Conf);
+        }
         if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-            if ["store_layers", "customisation_layer"].iter().all(|key| value.get(key).is_some()) {
-                return Ok(OutputKind::Conf);
-            }
             if nix2container::is_image_json(&value) {
                 return Ok(OutputKind::Nix2Container(bytes));
             }
@@ -116,6 +118,8 @@ mod tests {
             classify(&dir.join(name)).unwrap()
         };
         assert!(matches!(file("conf", r#" {"store_layers": [], "customisation_layer": "/x"}"#), OutputKind::Conf));
+        // A conf that does not parse is still a conf: an error, not a package.
+        assert!(matches!(file("cut", r#"{"architecture": "amd64", "store_layers": [["/nix"#), OutputKind::Conf));
         let n2c = r#"{"version": 1, "image-config": {}, "layers": []}"#;
         assert!(matches!(file("n2c", n2c), OutputKind::Nix2Container(_)));
         assert!(matches!(file("other", r#"{"a": 1}"#), OutputKind::Package));

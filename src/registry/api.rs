@@ -68,10 +68,12 @@ impl Registry {
         let digest = if reference.contains(':') {
             parse_digest(reference, ErrorCode::ManifestUnknown)?
         } else {
+            // As the conformance suite and CNCF distribution answer: no such
+            // tag can exist, so its manifest is unknown (a bad digest is 400).
             let tag = Tag::parse(reference).ok_or_else(|| {
                 RegistryError::new(
-                    ErrorCode::ManifestInvalid,
-                    "invalid tag: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}",
+                    ErrorCode::ManifestUnknown,
+                    "no such tag: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}",
                 )
             })?;
             if let Some(subject) = tag.referrers_subject() {

@@ -85,6 +85,9 @@ struct ServeArgs {
     /// the PEM private key of --tls-cert (RSA, ECDSA or Ed25519)
     #[argh(option)]
     tls_key: Option<PathBuf>,
+    /// make a new local CA when tls/ca.crt is there but tls/ca.key is lost (clients must then trust the new CA); without it that refuses to start
+    #[argh(switch)]
+    new_ca: bool,
     /// seconds a nix invocation may take before its process group is killed (default: 1800)
     #[argh(option, default = "1800")]
     build_timeout: u64,
@@ -183,10 +186,16 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (hostnames, cert_files) = tls_args(&args)?;
     let metrics_listen =
         args.metrics_listen.as_deref().map(|text| socket_addr(text, "--metrics-listen")).transpose()?;
+    let new_ca = args.new_ca;
     let config = config_from(args)?;
     let make_transport = if config.tls {
-        let options =
-            TlsOptions { state_dir: config.state_dir.clone(), listen: config.listen.clone(), hostnames, cert_files };
+        let options = TlsOptions {
+            state_dir: config.state_dir.clone(),
+            listen: config.listen.clone(),
+            hostnames,
+            cert_files,
+            new_ca,
+        };
         Some(tls::setup(&options)?.with_handshake_timeout(config.limits.head_timeout).into_wrapper())
     } else {
         None
@@ -194,11 +203,17 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let listeners = config.listen.iter().map(|addr| bind(*addr)).collect::<Result<Vec<_>, _>>()?;
     let metrics_listener = metrics_listen.map(bind).transpose()?;
     let limits = config.limits.clone();
-    log::info!(
+    // The bound addresses: a port 0 in --listen becomes the port the system chose.
+    let bound: Vec<String> = listeners
+        .iter()
+        .zip(&config.listen)
+        .map(|(listener, addr)| listener.local_addr().unwrap_or(*addr).to_string())
+        .collect();
+    let summary = format!(
         "serving {} for {} on {} over {} (state in {}, compression {} on {} threads)",
         config.flake,
         config.systems.join(", "),
-        config.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        bound.join(", "),
         if config.tls { "HTTPS" } else { "plain HTTP" },
         config.state_dir.display(),
         config.compression,
@@ -209,6 +224,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let service = Service::open(config).map_err(|e| format!("cannot open the state directory: {e}"))?;
     service.start_watch().map_err(|e| format!("cannot start the watch: {e}"))?;
+    log::info!("{summary}");
     let web = Web::new(service.clone(), WebOptions { metrics_on_main: metrics_listen.is_none() });
     let app = App::new(Registry::new(service), web);
     match make_transport {
@@ -240,8 +256,13 @@ fn tls_args(args: &ServeArgs) -> Result<(Vec<String>, Option<CertFiles>), String
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
-    if args.no_tls && (cert_files.is_some() || !args.hostname.is_empty()) {
-        return Err("--no-tls serves plain HTTP: drop --tls-cert, --tls-key and --hostname, or --no-tls".into());
+    if args.no_tls && (cert_files.is_some() || !args.hostname.is_empty() || args.new_ca) {
+        return Err(
+            "--no-tls serves plain HTTP: drop --tls-cert, --tls-key, --hostname and --new-ca, or --no-tls".into()
+        );
+    }
+    if args.new_ca && cert_files.is_some() {
+        return Err("--new-ca is about the local CA: drop it with --tls-cert and --tls-key".into());
     }
     Ok((args.hostname.clone(), cert_files))
 }

@@ -62,3 +62,45 @@ fn ca_creates_the_authority_once() {
     let again = Command::new(env!("CARGO_BIN_EXE_flakeforge")).arg("ca").arg("--state-dir").arg(&dir).output().unwrap();
     assert_eq!(String::from_utf8(again.stdout).unwrap(), pem);
 }
+
+#[test]
+fn a_lost_ca_key_refuses_to_start_unless_a_new_ca_is_asked_for() {
+    let flake = TestFlake::new();
+    let scratch = TestDir::new();
+    let state = scratch.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let ca =
+        || Command::new(env!("CARGO_BIN_EXE_flakeforge")).arg("ca").arg("--state-dir").arg(&state).output().unwrap();
+    let old_pem = String::from_utf8(ca().stdout).unwrap();
+    std::fs::remove_file(state.join("tls/ca.key")).unwrap();
+
+    let serve = ["serve", "--flake", flake.path().to_str().unwrap(), "--state-dir", state_arg, "--listen"];
+    let (code, stderr) = flakeforge(&[&serve[..], &["127.0.0.1:0"]].concat());
+    assert_ne!(code, 0, "started without the CA's key");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("ca.key is missing") && stderr.contains("--new-ca"), "{stderr}");
+    let refused = ca();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--new-ca"));
+    assert!(!state.join("tls/ca.key").exists(), "a key was made");
+    assert_eq!(std::fs::read_to_string(state.join("tls/ca.crt")).unwrap(), old_pem, "ca.crt was changed");
+
+    // Told to, it makes a new CA, keeps the old certificate aside and serves.
+    let log = scratch.path().join("serve.log");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_flakeforge"))
+        .args(serve)
+        .args(["127.0.0.1:0", "--new-ca"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_until(60, "flakeforge --new-ca to serve", || {
+        assert!(server.try_wait().unwrap().is_none(), "{}", std::fs::read_to_string(&log).unwrap());
+        std::fs::read_to_string(&log).unwrap().contains("] serving ")
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let new_pem = String::from_utf8(ca().stdout).unwrap();
+    assert!(new_pem.starts_with("-----BEGIN CERTIFICATE-----") && new_pem != old_pem);
+    assert_eq!(std::fs::read_to_string(state.join("tls/ca.crt.old")).unwrap(), old_pem);
+    assert!(std::fs::read_to_string(&log).unwrap().contains("--new-ca"));
+}

@@ -20,6 +20,7 @@ fn local_ca_options(state: &Path, hostnames: &[&str]) -> TlsOptions {
         listen: vec!["127.0.0.1:5000".parse().unwrap()],
         hostnames: hostnames.iter().map(|name| name.to_string()).collect(),
         cert_files: None,
+        new_ca: false,
     }
 }
 

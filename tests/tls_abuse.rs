@@ -42,6 +42,7 @@ fn hostile_handshakes_end_by_the_deadline_and_cost_no_cpu() {
         listen: vec!["127.0.0.1:5000".parse().unwrap()],
         hostnames: Vec::new(),
         cert_files: None,
+        new_ca: false,
     };
     let acceptor = tls::setup(&options).unwrap().with_handshake_timeout(DEADLINE);
     let (hello, alert) = client_hello_and_close_notify(&tls::ca_pem(state.path()).unwrap());

@@ -43,8 +43,11 @@ pub(crate) struct LocalCa {
 }
 
 impl LocalCa {
-    /// Loads the CA in `dir`, creating what is missing.
-    pub(crate) fn open_or_create(dir: &Path) -> Result<LocalCa, TlsError> {
+    /// Loads the CA in `dir`, creating it when there is none. A `ca.crt`
+    /// whose `ca.key` is gone is an error unless `replace_lost_key`: a new
+    /// CA breaks every client that trusts the old one, so it is never made
+    /// silently (the old certificate is kept as `ca.crt.old`).
+    pub(crate) fn open_or_create(dir: &Path, replace_lost_key: bool) -> Result<LocalCa, TlsError> {
         files::create_private_dir(dir)?;
         let _lock = DirLock::acquire(dir)?;
         let (key_path, cert_path) = (dir.join("ca.key"), dir.join("ca.crt"));
@@ -56,8 +59,16 @@ impl LocalCa {
             }
             None => {
                 if cert_path.exists() {
-                    log::warn!("TLS: {} has no key beside it: making a new CA", cert_path.display());
-                    std::fs::remove_file(&cert_path).map_err(TlsError::io("remove", &cert_path))?;
+                    if !replace_lost_key {
+                        return Err(TlsError::CaKeyMissing { cert: cert_path, key: key_path });
+                    }
+                    let old = dir.join("ca.crt.old");
+                    std::fs::rename(&cert_path, &old).map_err(TlsError::io("move aside", &cert_path))?;
+                    log::warn!(
+                        "TLS: {} had no key: making a new CA (--new-ca); the old certificate is now {}",
+                        cert_path.display(),
+                        old.display()
+                    );
                 }
                 let key = KeyPair::generate()?;
                 files::write_atomically(&key_path, key.serialize_pem().as_bytes(), PRIVATE)?;
@@ -139,9 +150,18 @@ impl LocalCa {
         params.use_authority_key_identifier_extension = true;
         let not_after = params.not_after;
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
-        files::write_atomically(&self.dir.join("server.key"), key.serialize_pem().as_bytes(), PRIVATE)?;
-        files::write_atomically(&self.dir.join("server.crt"), cert.pem().as_bytes(), PUBLIC)?;
-        files::write_atomically(&self.dir.join("server.names"), (names.join("\n") + "\n").as_bytes(), PUBLIC)?;
+        let stored = files::write_atomically(&self.dir.join("server.key"), key.serialize_pem().as_bytes(), PRIVATE)
+            .and_then(|()| files::write_atomically(&self.dir.join("server.crt"), cert.pem().as_bytes(), PUBLIC))
+            .and_then(|()| {
+                files::write_atomically(&self.dir.join("server.names"), (names.join("\n") + "\n").as_bytes(), PUBLIC)
+            });
+        // Clients check it against the CA, not against the disk: serving it
+        // beats not starting (a read-only or full state directory).
+        if let Err(err) = stored {
+            log::warn!(
+                "TLS: the new server certificate is served but not stored ({err}); it is issued again next start"
+            );
+        }
         log::info!("TLS: server certificate for {}, valid until {}", names.join(", "), not_after.date());
         let private_key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
         Ok(CertifiedKey::from_der(vec![cert.der().clone()], private_key, &super::provider())?)
@@ -227,7 +247,7 @@ mod tests {
     fn creates_the_ca_and_a_server_certificate_with_private_keys() {
         let dir = TestDir::new();
         let tls = dir.path().join("tls");
-        let ca = LocalCa::open_or_create(&tls).unwrap();
+        let ca = LocalCa::open_or_create(&tls, false).unwrap();
         let server = ca.server_certificate(&names(&[])).unwrap();
         for file in ["ca.crt", "ca.key", "server.crt", "server.key", "server.names"] {
             assert!(tls.join(file).is_file(), "{file}");
@@ -245,17 +265,17 @@ mod tests {
     #[test]
     fn reuses_the_ca_and_reissues_the_server_certificate_for_new_names() {
         let dir = TestDir::new();
-        let first_ca = LocalCa::open_or_create(dir.path()).unwrap();
+        let first_ca = LocalCa::open_or_create(dir.path(), false).unwrap();
         let first = first_ca.server_certificate(&names(&[])).unwrap();
 
-        let ca = LocalCa::open_or_create(dir.path()).unwrap();
+        let ca = LocalCa::open_or_create(dir.path(), false).unwrap();
         assert_eq!(ca.fingerprint(), first_ca.fingerprint());
         assert_eq!(ca.server_certificate(&names(&[])).unwrap().cert, first.cert, "reused");
 
         // Signed by the CA rebuilt from ca.key: must chain to the stored ca.crt.
         let renamed = ca.server_certificate(&names(&["registry.lan"])).unwrap();
         assert_ne!(renamed.cert, first.cert);
-        assert_eq!(LocalCa::open_or_create(dir.path()).unwrap().fingerprint(), first_ca.fingerprint());
+        assert_eq!(LocalCa::open_or_create(dir.path(), false).unwrap().fingerprint(), first_ca.fingerprint());
         verify_with_stored_ca(dir.path(), &renamed.cert[0], "registry.lan").unwrap();
 
         // A name dropped is a change too.
@@ -265,7 +285,7 @@ mod tests {
     #[test]
     fn reissues_a_server_certificate_close_to_expiry() {
         let dir = TestDir::new();
-        let ca = LocalCa::open_or_create(dir.path()).unwrap();
+        let ca = LocalCa::open_or_create(dir.path(), false).unwrap();
         let expiring = ca.issue_server_certificate(&names(&[]), 10 * DAY).unwrap();
         verify_with_stored_ca(dir.path(), &expiring.cert[0], "localhost").unwrap();
         let renewed = ca.server_certificate(&names(&[])).unwrap();
@@ -276,21 +296,39 @@ mod tests {
     #[test]
     fn a_lost_ca_certificate_is_rebuilt_from_its_key() {
         let dir = TestDir::new();
-        let ca = LocalCa::open_or_create(dir.path()).unwrap();
+        let ca = LocalCa::open_or_create(dir.path(), false).unwrap();
         let server = ca.server_certificate(&names(&[])).unwrap();
         std::fs::remove_file(dir.path().join("ca.crt")).unwrap();
-        let rebuilt = LocalCa::open_or_create(dir.path()).unwrap();
+        let rebuilt = LocalCa::open_or_create(dir.path(), false).unwrap();
         verify_with_stored_ca(dir.path(), &server.cert[0], "localhost").unwrap();
         assert_eq!(rebuilt.server_certificate(&names(&[])).unwrap().cert, server.cert, "still chains: reused");
     }
 
     #[test]
+    fn a_lost_ca_key_is_refused_unless_a_new_ca_is_asked_for() {
+        let dir = TestDir::new();
+        let old = LocalCa::open_or_create(dir.path(), false).unwrap();
+        std::fs::remove_file(dir.path().join("ca.key")).unwrap();
+        let err = LocalCa::open_or_create(dir.path(), false).err().expect("refused");
+        assert!(matches!(err, TlsError::CaKeyMissing { .. }), "{err}");
+        assert!(err.to_string().contains("--new-ca"), "{err}");
+        assert!(!dir.path().join("ca.key").exists(), "no key was made");
+        assert_eq!(std::fs::read_to_string(dir.path().join("ca.crt")).unwrap(), old.pem(), "ca.crt is untouched");
+
+        let new = LocalCa::open_or_create(dir.path(), true).unwrap();
+        assert_ne!(new.fingerprint(), old.fingerprint());
+        assert_eq!(std::fs::read_to_string(dir.path().join("ca.crt.old")).unwrap(), old.pem());
+        // With its key in place, asking for a new CA changes nothing.
+        assert_eq!(LocalCa::open_or_create(dir.path(), true).unwrap().fingerprint(), new.fingerprint());
+    }
+
+    #[test]
     fn a_ca_certificate_of_another_key_is_refused() {
         let (dir, other) = (TestDir::new(), TestDir::new());
-        LocalCa::open_or_create(dir.path()).unwrap();
-        LocalCa::open_or_create(other.path()).unwrap();
+        LocalCa::open_or_create(dir.path(), false).unwrap();
+        LocalCa::open_or_create(other.path(), false).unwrap();
         std::fs::copy(other.path().join("ca.crt"), dir.path().join("ca.crt")).unwrap();
-        let err = LocalCa::open_or_create(dir.path()).err().expect("a mismatch");
+        let err = LocalCa::open_or_create(dir.path(), false).err().expect("a mismatch");
         assert!(matches!(err, TlsError::CaMismatch { .. }), "{err}");
     }
 }

@@ -131,24 +131,28 @@ fn bad_pem(path: &Path, err: pem::Error) -> TlsError {
 
 /// An exclusive `flock` on `<dir>/.lock`, held until dropped, so that two
 /// processes (`serve` and `ca`) never create two different CAs at once.
+/// On a read-only file system nothing can be created, so no lock is needed
+/// beyond what the existing file offers.
 pub(crate) struct DirLock {
-    _file: File,
+    _file: Option<File>,
 }
 
 impl DirLock {
     pub(crate) fn acquire(dir: &Path) -> Result<DirLock, TlsError> {
         let path: PathBuf = dir.join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(PRIVATE)
-            .open(&path)
-            .map_err(TlsError::io("open", &path))?;
+        let opened = OpenOptions::new().create(true).truncate(false).write(true).mode(PRIVATE).open(&path);
+        let file = match opened {
+            Err(err) if err.kind() == io::ErrorKind::ReadOnlyFilesystem => match File::open(&path) {
+                Ok(file) => file,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(DirLock { _file: None }),
+                Err(err) => return Err(TlsError::io("open", &path)(err)),
+            },
+            other => other.map_err(TlsError::io("open", &path))?,
+        };
         loop {
             // SAFETY: flock on a descriptor this function owns; no memory is passed.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(DirLock { _file: file });
+                return Ok(DirLock { _file: Some(file) });
             }
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {

@@ -43,6 +43,9 @@ pub struct TlsOptions {
     pub hostnames: Vec<String>,
     /// A certificate chain and key to serve instead of the local CA's.
     pub cert_files: Option<CertFiles>,
+    /// Make a new local CA when `ca.crt` is there without its `ca.key`
+    /// (`--new-ca`); otherwise that refuses to start.
+    pub new_ca: bool,
 }
 
 /// `--tls-cert FILE --tls-key FILE`: a PEM chain (server certificate first)
@@ -67,6 +70,13 @@ pub enum TlsError {
         key.display()
     )]
     CaMismatch { cert: PathBuf, key: PathBuf },
+    #[error(
+        "{} is there but its key {} is missing: put the key back (clients trust this CA), \
+         or start once with --new-ca to make a new CA (clients then have to trust the new one)",
+        cert.display(),
+        key.display()
+    )]
+    CaKeyMissing { cert: PathBuf, key: PathBuf },
     #[error("--hostname {0:?} is neither a DNS name nor an IP address")]
     BadHostname(String),
     #[error("cannot make a certificate: {0}")]
@@ -101,7 +111,7 @@ pub fn setup(options: &TlsOptions) -> Result<TlsAcceptor, TlsError> {
         }
         None => {
             let names = names::subject_names(&options.listen, &options.hostnames)?;
-            let ca = LocalCa::open_or_create(&tls_dir(&options.state_dir))?;
+            let ca = LocalCa::open_or_create(&tls_dir(&options.state_dir), options.new_ca)?;
             log::info!(
                 "TLS: local CA {} (SHA-256 {}); `flakeforge ca` prints it for clients to trust",
                 ca.cert_path().display(),
@@ -114,9 +124,9 @@ pub fn setup(options: &TlsOptions) -> Result<TlsAcceptor, TlsError> {
 }
 
 /// The local CA certificate in PEM, for clients to trust; creates the CA if
-/// there is none yet.
+/// there is none yet (but never replaces one whose key is lost).
 pub fn ca_pem(state_dir: &Path) -> Result<String, TlsError> {
-    Ok(LocalCa::open_or_create(&tls_dir(state_dir))?.pem().to_string())
+    Ok(LocalCa::open_or_create(&tls_dir(state_dir), false)?.pem().to_string())
 }
 
 fn tls_dir(state_dir: &Path) -> PathBuf {

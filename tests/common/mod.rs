@@ -13,7 +13,7 @@ mod test_dir;
 pub mod tls_client;
 
 pub use flake::TestFlake;
-pub use server::FlakeforgeServer;
+pub use server::{FlakeforgeServer, Launch};
 pub use test_dir::TestDir;
 
 use std::process::{Command, Output, Stdio};

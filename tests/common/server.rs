@@ -8,17 +8,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, wait_until, TestDir, NIX_CONFIG};
+use super::{wait_until, TestDir, NIX_CONFIG};
 
 pub struct FlakeforgeServer {
     child: Option<Child>,
-    /// A command the binary runs under (e.g. `taskset -c 0`), or nothing.
-    wrapper: Vec<String>,
-    port: u16,
-    args: Vec<String>,
+    launch: Launch,
     state: TestDir,
     log: PathBuf,
-    tls: bool,
+    /// Where it listens, as its log says (ports the system chose included).
+    bound: Vec<SocketAddr>,
+}
+
+/// How a server is started, past `serve --flake FLAKE`.
+pub struct Launch {
+    pub args: Vec<String>,
+    pub tls: bool,
+    /// `--listen` values; port 0 lets the system choose a free port, so two
+    /// servers started at once never take the same one. The first is the
+    /// one [`FlakeforgeServer::addr`] gives.
+    pub listen: Vec<String>,
+    /// A command the binary runs under (e.g. `ip netns exec NAME`).
+    pub wrapper: Vec<String>,
+}
+
+impl Launch {
+    /// Plain HTTP (unless `tls`) on a free loopback port, with `args`.
+    pub fn new(args: &[&str], tls: bool) -> Launch {
+        let mut all: Vec<String> = if tls { Vec::new() } else { vec!["--no-tls".into()] };
+        all.extend(args.iter().map(|a| a.to_string()));
+        Launch { args: all, tls, listen: vec!["127.0.0.1:0".into()], wrapper: Vec::new() }
+    }
 }
 
 /// An answer: status, reason phrase, headers (names lowercased) and body.
@@ -53,60 +72,42 @@ impl HttpResponse {
 impl FlakeforgeServer {
     /// Plain HTTP on 127.0.0.1, serving `flake`, with extra `args`.
     pub fn start(flake: &Path, args: &[&str]) -> FlakeforgeServer {
-        let mut all = vec!["--no-tls".to_string()];
-        all.extend(args.iter().map(|a| a.to_string()));
-        Self::start_with(flake, all, false)
+        Self::launch(flake, Launch::new(args, false), |_| {})
     }
 
     /// HTTPS with the local CA (plus `args`).
     pub fn start_tls(flake: &Path, args: &[&str]) -> FlakeforgeServer {
-        Self::start_with(flake, args.iter().map(|a| a.to_string()).collect(), true)
+        Self::launch(flake, Launch::new(args, true), |_| {})
     }
 
     /// Plain HTTP, after `prepare` has run on the (not yet created) state directory.
     pub fn start_prepared(flake: &Path, args: &[&str], prepare: impl FnOnce(&Path)) -> FlakeforgeServer {
-        let mut all = vec!["--no-tls".to_string()];
-        all.extend(args.iter().map(|a| a.to_string()));
-        Self::start_with_prepared(flake, all, false, prepare)
-    }
-
-    fn start_with(flake: &Path, extra: Vec<String>, tls: bool) -> FlakeforgeServer {
-        Self::start_with_prepared(flake, extra, tls, |_| {})
+        Self::launch(flake, Launch::new(args, false), prepare)
     }
 
     /// Plain HTTP, the binary run under `wrapper` (a command that execs it, as `taskset -c 0`).
     pub fn start_under(wrapper: &[&str], flake: &Path, args: &[&str]) -> FlakeforgeServer {
-        let mut all = vec!["--no-tls".to_string()];
-        all.extend(args.iter().map(|a| a.to_string()));
-        let mut server = Self::build(flake, all, false);
-        server.wrapper = wrapper.iter().map(|a| a.to_string()).collect();
-        server.spawn();
-        server
+        let wrapper = wrapper.iter().map(|a| a.to_string()).collect();
+        Self::launch(flake, Launch { wrapper, ..Launch::new(args, false) }, |_| {})
     }
 
-    fn start_with_prepared(
-        flake: &Path,
-        extra: Vec<String>,
-        tls: bool,
-        prepare: impl FnOnce(&Path),
-    ) -> FlakeforgeServer {
-        let mut server = Self::build(flake, extra, tls);
-        prepare(&server.state_dir());
-        server.spawn();
-        server
-    }
-
-    fn build(flake: &Path, extra: Vec<String>, tls: bool) -> FlakeforgeServer {
+    /// Starts as `launch` says, after `prepare` has run on the (not yet
+    /// created) state directory; returns once it serves.
+    pub fn launch(flake: &Path, mut launch: Launch, prepare: impl FnOnce(&Path)) -> FlakeforgeServer {
         let state = TestDir::new();
+        prepare(&state.path().join("state"));
         let log = state.path().join("flakeforge.log");
         let mut args = vec!["serve".to_string(), "--flake".into(), flake.to_str().unwrap().into()];
         // A first build on a loaded machine may take longer than the default
         // 20 s: tests that are not about that deadline wait for the build.
-        if !extra.iter().any(|arg| arg == "--answer-within") {
+        if !launch.args.iter().any(|arg| arg == "--answer-within") {
             args.extend(["--answer-within".into(), "0".into()]);
         }
-        args.extend(extra);
-        FlakeforgeServer { child: None, wrapper: Vec::new(), port: free_port(), args, state, log, tls }
+        args.append(&mut launch.args);
+        launch.args = args;
+        let mut server = FlakeforgeServer { child: None, launch, state, log, bound: Vec::new() };
+        server.spawn();
+        server
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -115,8 +116,9 @@ impl FlakeforgeServer {
 
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log_start = log.metadata().unwrap().len() as usize;
         let binary = env!("CARGO_BIN_EXE_flakeforge");
-        let mut command = match self.wrapper.split_first() {
+        let mut command = match self.launch.wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
                 command.args(args).arg(binary);
@@ -124,10 +126,11 @@ impl FlakeforgeServer {
             }
             None => Command::new(binary),
         };
+        command.args(&self.launch.args);
+        for listen in &self.launch.listen {
+            command.arg("--listen").arg(listen);
+        }
         let child = command
-            .args(&self.args)
-            .arg("--listen")
-            .arg(self.addr().to_string())
             .arg("--state-dir")
             .arg(self.state_dir())
             .env("RUST_LOG", "info")
@@ -138,14 +141,22 @@ impl FlakeforgeServer {
             .spawn()
             .expect("the flakeforge binary starts");
         self.child = Some(child);
-        let addr = self.addr();
-        let tls = self.tls;
-        wait_until(20, "flakeforge to listen", || {
+        // Its own log line, not a connection: another server may hold a port
+        // this one failed to bind.
+        wait_until(60, "flakeforge to serve", || {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("flakeforge exited ({status}):\n{}", self.log());
             }
-            TcpStream::connect(addr).is_ok() && (tls || self.get("/v2/").status == 200)
+            let log = self.log();
+            let Some(bound) = log.get(log_start..).and_then(bound_addresses) else { return false };
+            self.bound = bound;
+            true
         });
+        // Later starts keep the ports, so that image references stay valid.
+        self.launch.listen = self.bound.iter().map(ToString::to_string).collect();
+        if !self.launch.tls && self.launch.wrapper.is_empty() {
+            assert_eq!(self.get("/v2/").status, 200, "flakeforge does not answer:\n{}", self.log());
+        }
     }
 
     pub fn stop(&mut self) {
@@ -157,15 +168,16 @@ impl FlakeforgeServer {
 
     /// Stops and starts again on the same port and state directory, with `more` arguments.
     pub fn restart_with(&mut self, more: &[&str]) {
-        self.args.extend(more.iter().map(|a| a.to_string()));
+        self.launch.args.extend(more.iter().map(|a| a.to_string()));
         self.restart();
     }
 
     /// Stops and starts again on the same port and state directory, with `flag` set to `value`.
     pub fn restart_setting(&mut self, flag: &str, value: &str) {
-        match self.args.iter().position(|a| a == flag) {
-            Some(i) => self.args[i + 1] = value.to_string(),
-            None => self.args.extend([flag.to_string(), value.to_string()]),
+        let args = &mut self.launch.args;
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value.to_string(),
+            None => args.extend([flag.to_string(), value.to_string()]),
         }
         self.restart();
     }
@@ -181,11 +193,17 @@ impl FlakeforgeServer {
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr().port()
     }
 
+    /// The first address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.bound[0]
+    }
+
+    /// Every address it listens on, in `--listen` order.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.bound
     }
 
     /// `127.0.0.1:PORT`, as image references start.
@@ -242,6 +260,13 @@ impl FlakeforgeServer {
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
         http_request(self.addr(), method, path, headers)
     }
+}
+
+/// The addresses of the log line `serving FLAKE for SYSTEMS on ADDR, ADDR over ...`.
+fn bound_addresses(log: &str) -> Option<Vec<SocketAddr>> {
+    let line = log.lines().find(|line| line.contains("] serving ") && line.contains(" over "))?;
+    let (_, addresses) = line[..line.find(" over ")?].rsplit_once(" on ")?;
+    addresses.split(", ").map(|a| a.parse().ok()).collect()
 }
 
 /// One HTTP/1.1 request to `addr` on a connection of its own; the whole answer.

@@ -34,6 +34,22 @@ impl Digest {
         Digest { hex: hex(&hash) }
     }
 
+    /// The digest and length of everything `reader` gives.
+    pub fn of_reader(mut reader: impl io::Read) -> io::Result<(Self, u64)> {
+        let mut hashing = HashingWriter::new(io::sink());
+        let mut buffer = vec![0u8; 256 * 1024];
+        loop {
+            match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => hashing.write_all(&buffer[..n])?,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let (digest, len, _) = hashing.finish();
+        Ok((digest, len))
+    }
+
     /// The 64 hex digits without the algorithm, as used in file names.
     pub fn hex(&self) -> &str {
         &self.hex

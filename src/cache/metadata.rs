@@ -4,10 +4,16 @@
 //! recipe, built images by build key, and the artifacts that refer to each
 //! manifest (its SBOM, its provenance) by the manifest's digest. Writes that
 //! fail (a full disk) are kept in memory instead, and logged.
+//!
+//! Every read is verified here, in the one place that reads: manifests and
+//! configs against their digest, records against the checksum they were
+//! sealed with. What does not match (a flipped bit, a file cut short or
+//! emptied) is logged, removed and reported missing, so that the caller
+//! makes it again from its recipe; it is never handed out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -19,7 +25,9 @@ use crate::image::layer::LayerRecord;
 use crate::image::manifest::Platform;
 use crate::media_type::ManifestFormat;
 
-/// An image as built: its manifests in both forms, its layers, its GC roots.
+/// An image as built: its manifests in both forms, its layers, its GC roots,
+/// and what its config, manifests and layer records are made from, so that
+/// any of them lost or damaged is written again without Nix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
     pub platform: Platform,
@@ -29,6 +37,16 @@ pub struct ImageRecord {
     /// The annotations of its OCI manifest.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// The image config as served.
+    pub config: String,
+    /// The records of `layers`, in order.
+    pub layer_records: Vec<LayerRecord>,
+}
+
+impl ImageRecord {
+    pub fn config_digest(&self) -> Digest {
+        Digest::of(self.config.as_bytes())
+    }
 }
 
 /// An out-link of `nix build` and the store path it held when the image was built.
@@ -42,6 +60,11 @@ pub struct MetadataStore {
     root: PathBuf,
     tmp_dir: PathBuf,
     unwritten: Mutex<HashMap<PathBuf, Vec<u8>>>,
+    /// The key of an image record listing each manifest, config and layer
+    /// digest: where a lost one is made again from. Read at open, kept up
+    /// to date by `put_image`; in memory, so a digest nobody built costs no
+    /// disk reads.
+    listed_in: Mutex<HashMap<Digest, Digest>>,
 }
 
 const KINDS: [&str; 6] = ["manifests", "configs", "layers", "sources", "images", "referrers"];
@@ -50,12 +73,21 @@ impl MetadataStore {
     pub fn open(state_dir: &Path) -> io::Result<MetadataStore> {
         let root = state_dir.to_path_buf();
         for kind in KINDS {
-            fs::create_dir_all(root.join(kind))?;
+            super::create_dir(&root.join(kind))?;
         }
         let tmp_dir = state_dir.join("tmp").join("metadata");
         let _ = fs::remove_dir_all(&tmp_dir);
-        fs::create_dir_all(&tmp_dir)?;
-        Ok(MetadataStore { root, tmp_dir, unwritten: Mutex::new(HashMap::new()) })
+        super::create_dir(&tmp_dir)?;
+        let store = MetadataStore {
+            root,
+            tmp_dir,
+            unwritten: Mutex::new(HashMap::new()),
+            listed_in: Mutex::new(HashMap::new()),
+        };
+        for (key, record) in store.images() {
+            store.list(&key, &record);
+        }
+        Ok(store)
     }
 
     fn path(&self, kind: &str, key: &str) -> PathBuf {
@@ -69,22 +101,51 @@ impl MetadataStore {
         }
     }
 
-    fn get(&self, path: &Path) -> Option<Vec<u8>> {
+    /// What is stored at `path`, if `intact` holds for it. What does not
+    /// hold is logged and removed; kept in memory, it was never on disk.
+    fn get(&self, path: &Path, intact: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
         if let Some(bytes) = self.unwritten.lock().unwrap().get(path) {
             return Some(bytes.clone());
         }
-        fs::read(path).ok()
+        let mut file = match File::open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return None,
+            Err(err) => {
+                log::warn!("metadata: cannot read {} ({err}); it will be made again", path.display());
+                return None;
+            }
+        };
+        let mut bytes = Vec::new();
+        if let Err(err) = file.read_to_end(&mut bytes) {
+            log::warn!("metadata: cannot read {} ({err}); it will be made again", path.display());
+            return None;
+        }
+        if intact(&bytes) {
+            return Some(bytes);
+        }
+        log::error!(
+            "metadata: {} ({} bytes) does not match its digest: removed, it will be made again",
+            path.display(),
+            bytes.len()
+        );
+        super::remove_if_same(path, &file);
+        None
     }
 
     fn put_json<T: Serialize>(&self, path: PathBuf, value: &T) {
-        self.put(path, &serde_json::to_vec(value).expect("records serialize"));
+        self.put(path, &seal(&serde_json::to_vec(value).expect("records serialize")));
     }
 
     fn get_json<T: DeserializeOwned>(&self, path: &Path) -> Option<T> {
-        let bytes = self.get(path)?;
-        serde_json::from_slice(&bytes)
+        let sealed = self.get(path, |bytes| unseal(bytes).is_some())?;
+        serde_json::from_slice(unseal(&sealed)?)
             .inspect_err(|err| log::warn!("metadata: ignoring unreadable {}: {err}", path.display()))
             .ok()
+    }
+
+    /// What is stored under `digest`, if it is what `digest` names.
+    fn get_by_digest(&self, kind: &str, digest: &Digest) -> Option<Vec<u8>> {
+        self.get(&self.path(kind, digest.hex()), |bytes| Digest::of(bytes) == *digest)
     }
 
     pub fn put_manifest(&self, manifest: &[u8]) -> Digest {
@@ -94,7 +155,7 @@ impl MetadataStore {
     }
 
     pub fn manifest(&self, digest: &Digest) -> Option<Vec<u8>> {
-        self.get(&self.path("manifests", digest.hex()))
+        self.get_by_digest("manifests", digest)
     }
 
     pub fn put_config(&self, config: &[u8]) -> Digest {
@@ -104,7 +165,7 @@ impl MetadataStore {
     }
 
     pub fn config(&self, digest: &Digest) -> Option<Vec<u8>> {
-        self.get(&self.path("configs", digest.hex()))
+        self.get_by_digest("configs", digest)
     }
 
     /// Records a generated layer under its blob digest and under its recipe key.
@@ -114,7 +175,7 @@ impl MetadataStore {
     }
 
     pub fn layer(&self, digest: &Digest) -> Option<LayerRecord> {
-        self.get_json(&self.path("layers", digest.hex()))
+        self.get_json(&self.path("layers", digest.hex())).filter(|record: &LayerRecord| record.digest == *digest)
     }
 
     pub fn layer_by_source(&self, source_key: &Digest) -> Option<LayerRecord> {
@@ -123,6 +184,21 @@ impl MetadataStore {
 
     pub fn put_image(&self, key: &Digest, record: &ImageRecord) {
         self.put_json(self.path("images", key.hex()), record);
+        self.list(key, record);
+    }
+
+    fn list(&self, key: &Digest, record: &ImageRecord) {
+        let mut listed_in = self.listed_in.lock().unwrap();
+        for digest in record.manifests.values().chain(&record.layers).chain([&record.config_digest()]) {
+            listed_in.insert(digest.clone(), key.clone());
+        }
+    }
+
+    /// The stored image whose record lists `digest` (a manifest, its config
+    /// or a layer), if any.
+    pub fn image_listing(&self, digest: &Digest) -> Option<ImageRecord> {
+        let key = self.listed_in.lock().unwrap().get(digest)?.clone();
+        self.image(&key)
     }
 
     pub fn image(&self, key: &Digest) -> Option<ImageRecord> {
@@ -151,6 +227,21 @@ impl MetadataStore {
     }
 }
 
+/// A record as stored: `sha256:<hex of the JSON>`, a newline, the JSON.
+fn seal(json: &[u8]) -> Vec<u8> {
+    let mut sealed = format!("{}\n", Digest::of(json)).into_bytes();
+    sealed.extend_from_slice(json);
+    sealed
+}
+
+/// The JSON of a sealed record, if it matches its checksum.
+fn unseal(sealed: &[u8]) -> Option<&[u8]> {
+    let newline = sealed.iter().position(|&b| b == b'\n')?;
+    let digest: Digest = std::str::from_utf8(&sealed[..newline]).ok()?.parse().ok()?;
+    let json = &sealed[newline + 1..];
+    (Digest::of(json) == digest).then_some(json)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +259,8 @@ mod tests {
             layers: vec![],
             gcroots: vec![],
             annotations: BTreeMap::new(),
+            config: "{}".into(),
+            layer_records: vec![],
         };
         let key = Digest::of(b"key");
         store.put_image(&key, &record);
@@ -176,7 +269,10 @@ mod tests {
         assert_eq!(store.manifest(&digest).unwrap(), b"{\"schemaVersion\":2}");
         assert!(store.config(&digest).is_none());
         assert_eq!(store.image(&key), Some(record.clone()));
-        assert_eq!(store.images(), vec![(key, record)]);
+        assert_eq!(store.images(), vec![(key.clone(), record.clone())]);
+        assert_eq!(store.image_listing(&digest), Some(record.clone()));
+        assert_eq!(store.image_listing(&Digest::of(b"{}")), Some(record));
+        assert_eq!(store.image_listing(&key), None);
         assert_eq!(store.referrers(&digest), None);
         let referrer = Referrer {
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
@@ -189,6 +285,45 @@ mod tests {
         drop(store);
         let store = MetadataStore::open(&state).unwrap();
         assert_eq!(store.referrers(&digest), Some(vec![referrer]));
+        fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn what_does_not_match_is_removed_never_handed_out() {
+        let state = std::env::temp_dir().join(format!("flakeforge-meta-damaged-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        let store = MetadataStore::open(&state).unwrap();
+        let manifest = store.put_manifest(b"{\"schemaVersion\":2}");
+        let config = store.put_config(b"{\"architecture\":\"amd64\"}");
+        let record = ImageRecord {
+            platform: Platform::of_nix_system("x86_64-linux").unwrap(),
+            manifests: BTreeMap::from([(ManifestFormat::Oci, manifest.clone())]),
+            layers: vec![],
+            gcroots: vec![],
+            annotations: BTreeMap::new(),
+            config: "{}".into(),
+            layer_records: vec![],
+        };
+        let key = Digest::of(b"key");
+        store.put_image(&key, &record);
+        let flip = |path: PathBuf, at: usize| {
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[at] ^= 1;
+            fs::write(&path, bytes).unwrap();
+        };
+        flip(state.join("manifests").join(manifest.hex()), 3);
+        fs::write(state.join("configs").join(config.hex()), b"").unwrap();
+        flip(state.join("images").join(key.hex()), 80);
+        assert_eq!(store.manifest(&manifest), None);
+        assert_eq!(store.config(&config), None);
+        assert_eq!(store.image(&key), None);
+        for gone in [state.join("manifests").join(manifest.hex()), state.join("images").join(key.hex())] {
+            assert!(!gone.exists(), "{} was kept", gone.display());
+        }
+        // A flip in the seal itself counts too.
+        store.put_image(&key, &record);
+        flip(state.join("images").join(key.hex()), 10);
+        assert_eq!(store.image(&key), None);
         fs::remove_dir_all(&state).unwrap();
     }
 }

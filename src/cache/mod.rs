@@ -32,6 +32,45 @@ pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()>
     result
 }
 
+/// Removes `path` if it is still the file `opened` (found damaged): a
+/// writer may have put a good copy there in the meantime.
+pub fn remove_if_same(path: &Path, opened: &fs::File) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(opened), Ok(current)) = (opened.metadata(), fs::symlink_metadata(path)) else { return };
+    if (opened.dev(), opened.ino()) == (current.dev(), current.ino()) {
+        if let Err(err) = fs::remove_file(path) {
+            log::warn!("cannot remove the damaged {}: {err}", path.display());
+        }
+    }
+}
+
+/// Creates `dir` and its parents. On a read-only file system a missing
+/// directory is no error: nothing will be written there.
+pub fn create_dir(dir: &Path) -> io::Result<()> {
+    match fs::create_dir_all(dir) {
+        Err(err) if err.kind() == io::ErrorKind::ReadOnlyFilesystem => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether files can be created in `dir` (false on a read-only file system,
+/// even for root).
+pub fn is_writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: a NUL-terminated path; access(2) only reads it.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// Why nothing can be written to the state directory, if that is so:
+/// creates it if missing, then a file in it.
+pub fn probe_writable(state_dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(state_dir)?;
+    let probe = state_dir.join(format!(".write-test-{}", temp_name()));
+    fs::write(&probe, b"")?;
+    fs::remove_file(&probe)
+}
+
 /// A name no other thread or process uses at the same time.
 pub fn temp_name() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

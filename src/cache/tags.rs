@@ -44,6 +44,11 @@ impl<V: Clone> TagCache<V> {
         entries.iter().map(|((name, tag), (value, _))| (name.clone(), tag.clone(), value.clone())).collect()
     }
 
+    /// Drops what `name:tag` was resolved to, so that it is resolved again.
+    pub fn forget(&self, name: &str, tag: &str) {
+        self.entries.lock().unwrap().pop(&(name.to_string(), tag.to_string()));
+    }
+
     /// The tags of `name` resolved so far (expired ones included: they existed).
     pub fn tags_of(&self, name: &str) -> Vec<String> {
         let entries = self.entries.lock().unwrap();

@@ -65,8 +65,12 @@ impl Registry {
     }
 
     fn manifest(&self, request: &Request, name: RepoName, reference: &str) -> Result<Response, RegistryError> {
-        let digest = if reference.contains(':') {
-            parse_digest(reference, ErrorCode::ManifestUnknown)?
+        let (digest, manifest) = if reference.contains(':') {
+            let digest = parse_digest(reference, ErrorCode::ManifestUnknown)?;
+            let manifest = self.service.manifest(&digest).ok_or_else(|| {
+                RegistryError::new(ErrorCode::ManifestUnknown, format!("manifest {digest} is not known here"))
+            })?;
+            (digest, manifest)
         } else {
             // As the conformance suite and CNCF distribution answer: no such
             // tag can exist, so its manifest is unknown (a bad digest is 400).
@@ -79,15 +83,10 @@ impl Registry {
             if let Some(subject) = tag.referrers_subject() {
                 return self.referrers_tag(&subject);
             }
-            let resolved = self
-                .service
-                .resolve(&name, &tag, request.peer.ip())
-                .map_err(|e| service_error(e, &format!("{name}:{tag}")))?;
-            resolved.manifests[&negotiate::manifest_format(request)].clone()
+            self.service
+                .tag_manifest(&name, &tag, negotiate::manifest_format(request), request.peer.ip())
+                .map_err(|e| service_error(e, &format!("{name}:{tag}")))?
         };
-        let manifest = self.service.manifest(&digest).ok_or_else(|| {
-            RegistryError::new(ErrorCode::ManifestUnknown, format!("manifest {digest} is not known here"))
-        })?;
         let media_type = media_type_of(&manifest).unwrap_or_else(|| crate::media_type::OCI_MANIFEST.to_string());
         Ok(Response::new(200)
             .header("Content-Type", media_type)

@@ -20,10 +20,13 @@ impl Service {
     /// The stored image for `plan`, generating what is not stored yet.
     pub(super) fn assemble(&self, plan: &ImagePlan) -> Result<ImageRecord, ServiceError> {
         let key = plan.key(&self.config);
-        if let Some(record) = self.meta.image(&key) {
-            if record.layers.iter().all(|d| self.meta.layer(d).is_some()) {
-                let record = ImageRecord { gcroots: gcroots(plan), ..record };
-                self.meta.put_image(&key, &record);
+        if let Some(stored) = self.meta.image(&key) {
+            if self.restore(&stored) {
+                let record = ImageRecord { gcroots: gcroots(plan), ..stored.clone() };
+                // Nothing is written when nothing changed (a read-only state directory).
+                if record != stored {
+                    self.meta.put_image(&key, &record);
+                }
                 return Ok(record);
             }
         }
@@ -43,12 +46,16 @@ impl Service {
             layers: layers.iter().map(|l| l.digest.clone()).collect(),
             gcroots: gcroots(plan),
             annotations: plan.annotations.clone(),
+            // JSON, so UTF-8; were it not, restoring from this record would
+            // find the digests differ and build the image again.
+            config: String::from_utf8_lossy(&config).into_owned(),
+            layer_records: layers,
         };
         self.meta.put_image(&key, &record);
         Ok(record)
     }
 
-    fn source_key(&self, source: &LayerSource) -> Digest {
+    pub(super) fn source_key(&self, source: &LayerSource) -> Digest {
         let identity = serde_json::json!({ "version": 1, "source": source, "compression": self.config.compression });
         Digest::of(&serde_json::to_vec(&identity).expect("sources serialize"))
     }

@@ -55,10 +55,10 @@ impl Service {
     /// The blob `digest`, `None` if it is not known here; an evicted layer
     /// is [`BlobSource::Generate`] until [`Service::open_blob`].
     pub fn blob(&self, digest: &Digest) -> Option<BlobSource> {
-        if let Some(config) = self.meta.config(digest) {
+        if let Some(config) = self.config_blob(digest) {
             return Some(BlobSource::Bytes(config));
         }
-        let record = self.meta.layer(digest);
+        let record = self.layer_record(digest);
         if let Some((file, size)) = self.blobs.open_blob(digest) {
             // Blobs are not fsynced (that would halve cold generation): one
             // cut short by a crash is dropped here and made again.

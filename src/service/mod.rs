@@ -14,6 +14,7 @@ mod jobs;
 mod plan;
 pub mod prebuild;
 mod regenerate;
+mod repair;
 mod resolve;
 mod revisions;
 mod slots;
@@ -216,10 +217,6 @@ impl Service {
 
     fn this(&self) -> Arc<Service> {
         self.me.upgrade().expect("the service outlives its threads' start")
-    }
-
-    pub fn manifest(&self, digest: &Digest) -> Option<Vec<u8>> {
-        self.meta.manifest(digest)
     }
 
     /// Nix running for a client's request: charged to its rate, queued no

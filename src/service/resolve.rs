@@ -97,8 +97,9 @@ impl Service {
             || self.revisions.peek(tag).is_some_and(|(locked, fresh)| fresh && locked.revision == current.revision)
     }
 
+    /// Every manifest there, or made again from its image's record.
     fn is_complete(&self, resolution: &Resolution) -> bool {
-        resolution.manifests.values().all(|digest| self.meta.manifest(digest).is_some())
+        resolution.manifests.values().all(|digest| self.manifest(digest).is_some())
     }
 
     /// The job: the tag's revision, then the image at that revision, built unless it was before.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use crate::app::App;
+use crate::cache;
 use crate::config::{self, Config};
 use crate::http::{self, ServerLimits};
 use crate::image::compress::{Compression, Pool};
@@ -188,6 +189,15 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.metrics_listen.as_deref().map(|text| socket_addr(text, "--metrics-listen")).transpose()?;
     let new_ca = args.new_ca;
     let config = config_from(args)?;
+    if let Err(err) = cache::probe_writable(&config.state_dir) {
+        log::warn!(
+            "the state directory {} cannot be written ({err}): what is stored there is served, but nothing new \
+             is kept: images not built before are held in memory until the process ends, layers not cached are \
+             made again on every request, no GC roots are written (Nix may collect what new builds made), no local \
+             CA can be created, and a new server certificate is not stored",
+            config.state_dir.display()
+        );
+    }
     let make_transport = if config.tls {
         let options = TlsOptions {
             state_dir: config.state_dir.clone(),

@@ -32,9 +32,9 @@ impl ResolutionStore {
     pub fn open(state_dir: &Path) -> io::Result<ResolutionStore> {
         let dir = state_dir.join("resolutions");
         let tmp_dir = state_dir.join("tmp").join("resolutions");
-        fs::create_dir_all(&dir)?;
+        super::create_dir(&dir)?;
         let _ = fs::remove_dir_all(&tmp_dir);
-        fs::create_dir_all(&tmp_dir)?;
+        super::create_dir(&tmp_dir)?;
         Ok(ResolutionStore { dir, tmp_dir })
     }
 

@@ -145,6 +145,13 @@ impl Nix {
         json::build_outputs(&stdout)
     }
 
+    /// [`Nix::build`] with `--no-link`: no GC root is written.
+    pub fn build_unrooted(&self, installable: &str) -> Result<Vec<PathBuf>, NixError> {
+        let stdout =
+            Invocation::new(["build", "--json", "--no-link", "--", installable], ::log::Level::Info).run(self)?;
+        json::build_outputs(&stdout)
+    }
+
     /// `nix eval --json INSTALLABLE --apply APPLY`.
     pub fn eval_json(&self, installable: &str, apply: &str) -> Result<serde_json::Value, NixError> {
         self.eval(&[], installable, apply)

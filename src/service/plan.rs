@@ -11,11 +11,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::ServiceError;
+use crate::cache;
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::image::conf::LayeredImageConf;
@@ -126,17 +128,16 @@ fn plan_contents(
     // Copies: `origin` takes the packages as they are built.
     let flake: &LockedFlake = &origin.locked.clone();
     let system: &str = &origin.system.clone();
-    let roots_dir = gcroots_dir(config, name, tag, system);
-    fs::create_dir_all(&roots_dir).map_err(|e| ServiceError::internal("creating the GC root directory", e))?;
+    let roots = GcRoots::new(gcroots_dir(config, name, tag, system))?;
 
     // `a/b` first: image `b` of directory `a`, if `a` is one.
     let mut prebuilt = None;
     if let Some((directory, image)) = name.directory_and_image() {
-        match directory_image(nix, flake, system, &roots_dir, directory, image)? {
+        match directory_image(nix, flake, system, &roots, directory, image)? {
             Directory::Image(package, archive) => {
                 origin.name = name.as_str().to_owned();
                 origin.packages.push(package);
-                return archive_image(&archive, system, out_links(&roots_dir));
+                return archive_image(&archive, system, roots.links());
             }
             Directory::Built(package, outputs) => prebuilt = Some((directory, package, outputs)),
             Directory::None => {}
@@ -154,19 +155,17 @@ fn plan_contents(
 
     if let [package] = packages.as_slice() {
         if package.has_conf {
-            let link = roots_dir.join(segments[0]);
-            let outputs = nix.build(&format!("{flake}#{}.conf", package.attr_path), &link)?;
+            let outputs = roots.build(nix, &format!("{flake}#{}.conf", package.attr_path), segments[0])?;
             let conf_path =
                 outputs.first().cloned().ok_or_else(|| ServiceError::Internal("nix built no output".into()))?;
             origin.packages.push(origin_package(package, outputs));
-            return conf_image(&conf_path, system, out_links(&roots_dir));
+            return conf_image(&conf_path, system, roots.links());
         }
         if let Some(image_attr) = &package.image_attr {
-            let link = roots_dir.join(segments[0]);
-            let outputs = nix.build(&format!("{flake}#{}.{image_attr}", package.attr_path), &link)?;
+            let outputs = roots.build(nix, &format!("{flake}#{}.{image_attr}", package.attr_path), segments[0])?;
             let image = outputs.first().cloned().ok_or_else(|| ServiceError::Internal("nix built no output".into()))?;
             origin.packages.push(origin_package(package, outputs));
-            return output_image(config, nix, system, &image, None, out_links(&roots_dir));
+            return output_image(config, nix, system, &image, None, roots.links());
         }
     }
 
@@ -175,7 +174,7 @@ fn plan_contents(
     for (segment, package) in segments.iter().zip(&packages) {
         let built = match prebuilt.take_if(|(built, _, _)| built == segment) {
             Some((_, _, built)) => built,
-            None => nix.build(&format!("{flake}#{}", package.attr_path), &roots_dir.join(segment))?,
+            None => roots.build(nix, &format!("{flake}#{}", package.attr_path), segment)?,
         };
         if main_program.is_none() {
             main_program.clone_from(&package.main_program);
@@ -183,7 +182,7 @@ fn plan_contents(
         outputs.extend(built.iter().cloned());
         origin.packages.push(origin_package(package, built));
     }
-    let gcroots = out_links(&roots_dir);
+    let gcroots = roots.links();
     match outputs.as_slice() {
         [single] => output_image(config, nix, system, single, main_program, gcroots),
         _ => package_image(config, nix, system, outputs, main_program, gcroots),
@@ -210,7 +209,7 @@ fn directory_image(
     nix: &Nix,
     flake: &LockedFlake,
     system: &str,
-    roots_dir: &Path,
+    roots: &GcRoots,
     directory: &str,
     image: &str,
 ) -> Result<Directory, ServiceError> {
@@ -223,7 +222,7 @@ fn directory_image(
         true => (format!("{}.containers", package.attr_path), format!("{directory}.containers")),
         false => (package.attr_path.clone(), directory.to_string()),
     };
-    let outputs = nix.build(&format!("{flake}#{attr_path}"), &roots_dir.join(link))?;
+    let outputs = roots.build(nix, &format!("{flake}#{attr_path}"), &link)?;
     let images = match outputs.as_slice() {
         [single] => output::directory_images(single),
         _ => Default::default(),
@@ -273,12 +272,44 @@ fn gcroots_dir(config: &Config, name: &RepoName, tag: &Tag, system: &str) -> Pat
     config.state_dir.join("gcroots").join(&id.hex()[..32])
 }
 
-/// The out-links `nix build` made (`NAME`, `NAME-<output>`): the image's GC roots.
-fn out_links(roots_dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(roots_dir) else { return Vec::new() };
-    let mut links: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.is_symlink()).collect();
-    links.sort();
-    links
+/// Where an image's builds keep their GC roots, if they can: on a
+/// read-only state directory nothing is written, and the links already
+/// there keep what they held.
+struct GcRoots {
+    dir: PathBuf,
+    writable: bool,
+}
+
+impl GcRoots {
+    fn new(dir: PathBuf) -> Result<GcRoots, ServiceError> {
+        let writable = match fs::create_dir_all(&dir) {
+            Ok(()) => cache::is_writable(&dir),
+            Err(err) if err.kind() == io::ErrorKind::ReadOnlyFilesystem => false,
+            Err(err) => return Err(ServiceError::internal("creating the GC root directory", err)),
+        };
+        Ok(GcRoots { dir, writable })
+    }
+
+    /// `nix build` of `installable`, rooted at `<dir>/<link>` when that can be written.
+    fn build(&self, nix: &Nix, installable: &str, link: &str) -> Result<Vec<PathBuf>, ServiceError> {
+        if self.writable {
+            return Ok(nix.build(installable, &self.dir.join(link))?);
+        }
+        let outputs = nix.build_unrooted(installable)?;
+        let held: Vec<PathBuf> = self.links().iter().filter_map(|l| fs::read_link(l).ok()).collect();
+        for output in outputs.iter().filter(|output| !held.contains(output)) {
+            log::warn!("{} cannot be written: no GC root keeps {}", self.dir.display(), output.display());
+        }
+        Ok(outputs)
+    }
+
+    /// The out-links `nix build` made (`NAME`, `NAME-<output>`): the image's GC roots.
+    fn links(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut links: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.is_symlink()).collect();
+        links.sort();
+        links
+    }
 }
 
 fn conf_image(conf_path: &Path, system: &str, gcroots: Vec<PathBuf>) -> Result<ImagePlan, ServiceError> {

@@ -27,7 +27,7 @@ install_missing() {
 }
 
 install_missing \
-  nix-bin busybox-static git ca-certificates curl openssl procps python3 python3-venv \
+  nix-bin busybox-static git ca-certificates curl openssl procps python3 python3-venv iproute2 \
   skopeo podman runc docker.io containerd docker-registry qemu-user-static \
   kmod cpio xz-utils e2fsprogs binutils pigz zstd
 

@@ -143,9 +143,12 @@ struct ServeArgs {
     /// seconds a resolved moving tag (latest, a branch) is reused before it is resolved again (default: 60)
     #[argh(option, default = "60")]
     tag_ttl: u64,
-    /// the most open connections; more get a 503 and are closed (default: 512)
+    /// the most open connections; past it an idle one is closed to make room, or the newcomer gets a 503 (default: 512)
     #[argh(option, default = "512")]
     max_connections: usize,
+    /// the most open connections from one client address (an IPv6 /64); more get a 503 unless an idle one of theirs can be closed (default: 128)
+    #[argh(option, default = "128")]
+    max_connections_per_ip: usize,
     /// the largest request head in bytes (default: 16384)
     #[argh(option, default = "16384")]
     max_header_bytes: usize,
@@ -306,6 +309,7 @@ fn config_from(args: ServeArgs) -> Result<Config, String> {
         limits: ServerLimits {
             max_header_bytes: positive(args.max_header_bytes as u64, "--max-header-bytes")? as usize,
             max_connections: positive(args.max_connections as u64, "--max-connections")? as usize,
+            max_connections_per_ip: positive(args.max_connections_per_ip as u64, "--max-connections-per-ip")? as usize,
             head_timeout: Duration::from_secs(positive(args.head_timeout, "--head-timeout")?),
             keepalive_timeout: Duration::from_secs(positive(args.keepalive_timeout, "--keepalive-timeout")?),
             ..ServerLimits::default()

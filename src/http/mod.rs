@@ -2,6 +2,7 @@
 //! keep-alive and pipelining, bounded heads, connection counts and timeouts.
 //! Generic over the byte stream (see [`Transport`]) so TLS plugs in below it.
 
+mod admission;
 pub mod listen;
 pub mod request;
 pub mod response;
@@ -334,13 +335,20 @@ mod tests {
 
     #[test]
     fn connections_past_the_limit_are_turned_away_until_one_closes() {
-        // Idle connections must outlive the test, or their closing would free slots.
-        let address = start_server(ServerLimits { keepalive_timeout: Duration::from_secs(10), ..limits() });
+        // Two connections busy in the middle of their heads, which must outlive the test.
+        let patient = Duration::from_secs(10);
+        let address = start_server(ServerLimits {
+            head_timeout: patient,
+            head_grace: patient,
+            keepalive_timeout: patient,
+            ..limits()
+        });
         let mut first = connect(address);
         let mut second = connect(address);
         for client in [&mut first, &mut second] {
-            assert_eq!(exchange(client, b"GET /open HTTP/1.1\r\n\r\n", 1)[0].status, 404);
+            client.write_all(b"GET /open HTTP/1.1\r\nHost: a-head-not-finished-yet\r\n").unwrap();
         }
+        thread::sleep(Duration::from_millis(200));
         let mut third = connect(address);
         let turned_away = exchange(&mut third, b"GET /third HTTP/1.1\r\n\r\n", 1);
         assert_eq!((turned_away[0].status, &turned_away[0].body[..]), (503, &b"busy"[..]));
@@ -356,6 +364,58 @@ mod tests {
             assert!(Instant::now() < deadline, "the count of open connections never went down");
             thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(exchange(&mut second, b"GET /still-open HTTP/1.1\r\n\r\n", 1)[0].status, 404);
+        assert_eq!(exchange(&mut second, b"\r\n", 1)[0].status, 404, "the busy connection was kept");
+    }
+
+    #[test]
+    fn idle_keep_alive_connections_make_room_for_new_ones() {
+        let patient = Duration::from_secs(10);
+        let address = start_server(ServerLimits { keepalive_timeout: patient, ..limits() });
+        let mut idle: Vec<TcpStream> = (0..2).map(|_| connect(address)).collect();
+        for client in &mut idle {
+            assert_eq!(exchange(client, b"GET /open HTTP/1.1\r\n\r\n", 1)[0].status, 404);
+        }
+        // Each newcomer is served: the longest idle connection is closed for it.
+        for round in 0..4 {
+            let mut newcomer = connect(address);
+            let answer = exchange(&mut newcomer, b"GET /new HTTP/1.1\r\n\r\n", 1);
+            assert_eq!(answer[0].status, 404, "round {round}: turned away while idle connections held the slots");
+            idle.push(newcomer);
+        }
+        // Which ones went depends on which threads were back to waiting; how many does not.
+        let closed = idle
+            .iter_mut()
+            .map(|client| {
+                client.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                matches!(client.read(&mut [0; 1]), Ok(0))
+            })
+            .filter(|&closed| closed)
+            .count();
+        assert_eq!(closed, 4, "one closed for each newcomer");
+    }
+
+    #[test]
+    fn a_head_that_drips_below_the_minimum_rate_is_cut_off_before_the_head_timeout() {
+        let limits = ServerLimits {
+            head_timeout: Duration::from_secs(30),
+            head_grace: Duration::from_millis(300),
+            min_head_rate: 100,
+            ..limits()
+        };
+        let mut client = connect(start_server(limits));
+        let mut dripper = client.try_clone().unwrap();
+        thread::spawn(move || {
+            for byte in b"GET /hello HTTP/1.1\r\nHost: a-host-that-takes-a-while-to-send\r\n\r\n" {
+                thread::sleep(Duration::from_millis(100));
+                if dripper.write_all(&[*byte]).is_err() {
+                    return;
+                }
+            }
+        });
+        let started = Instant::now();
+        let responses = exchange(&mut client, b"", 1);
+        assert_eq!(responses[0].status, 408);
+        // 10 bytes a second earn 0.1 s each: cut off well before the 30 s timeout.
+        assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}", started.elapsed());
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
+use super::admission::Ticket;
 use super::server::{ServerLimits, Transport};
 
 /// A head with more header lines than this is answered like one that is too large.
@@ -133,16 +134,27 @@ pub(crate) struct HeadReader {
 
 impl HeadReader {
     /// Waits up to `idle_timeout` for a request to begin, then up to
-    /// `limits.head_timeout` for its whole head. `None` when the connection
-    /// closed, failed or stayed idle before a request began.
+    /// `limits.head_timeout` for its whole head, as long as it keeps up the
+    /// minimum rate. `None` when the connection closed, failed or stayed
+    /// idle before a request began. While it waits for a request to begin,
+    /// `ticket` knows it is idle (and it may be closed to make room).
     pub(crate) fn next_head<T: Transport + ?Sized>(
         &mut self,
         stream: &mut T,
         idle_timeout: Duration,
         limits: &ServerLimits,
+        ticket: Option<&Ticket>,
     ) -> Option<Incoming> {
         if self.buffer.is_empty() {
-            match self.read_more(stream, idle_timeout) {
+            if let Some(ticket) = ticket {
+                ticket.idle();
+            }
+            let read = self.read_more(stream, idle_timeout);
+            if ticket.is_some_and(|ticket| !ticket.busy()) {
+                debug!("an idle connection was closed to make room");
+                return None;
+            }
+            match read {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(error) => {
@@ -154,7 +166,12 @@ impl HeadReader {
         let started = Instant::now();
         // One deadline for the whole head: a fresh timeout per read would let
         // a client that sends a byte at a time hold the connection forever.
-        let deadline = started.checked_add(limits.head_timeout);
+        // Within it the head must keep up the minimum rate.
+        let deadline = |received: usize| {
+            let earned = Duration::from_secs_f64(received as f64 / limits.min_head_rate.max(1) as f64);
+            let allowed = limits.head_timeout.min(limits.head_grace.saturating_add(earned));
+            started.checked_add(allowed)
+        };
         loop {
             match parse_head(&self.buffer, limits.max_header_bytes) {
                 Ok(Some((len, head))) => {
@@ -165,7 +182,8 @@ impl HeadReader {
                 Err(rejection) => return Some(Incoming { started, head: Err(rejection) }),
             }
             // (A timeout too large for a deadline stands for "no limit".)
-            let time_left = deadline.map_or(limits.head_timeout, |d| d.saturating_duration_since(Instant::now()));
+            let time_left = deadline(self.buffer.len())
+                .map_or(limits.head_timeout, |d| d.saturating_duration_since(Instant::now()));
             match self.read_more(stream, time_left) {
                 Ok(0) => {
                     debug!("connection closed in the middle of a request head");

@@ -1,17 +1,17 @@
 //! Accepting connections and running the request/response loop on each:
-//! one thread per listener accepts, one thread per connection serves, and a
-//! count of open connections turns away those past the limit.
+//! one thread per listener accepts, one thread per connection serves, and
+//! the admission table (`admission.rs`) decides who gets a slot.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
+use super::admission::{Admission, Ticket, Verdict};
 use super::request::{is_timeout, read_within, Head, HeadReader, Rejection, Version};
 use super::response::{write_response, Delivery, Sent};
 use super::{Request, Response};
@@ -19,9 +19,6 @@ use crate::metrics;
 
 /// Large enough that a blob goes out in few system calls.
 const OUTPUT_BUFFER_BYTES: usize = 64 * 1024;
-/// How many connections past `max_connections` may be getting their
-/// `overloaded` answer at once; beyond that they are closed unanswered.
-const OVERLOAD_ANSWERS_MAX: usize = 32;
 /// How long a connection past the limit may take to set up and to take its answer.
 const OVERLOAD_TIMEOUT: Duration = Duration::from_secs(1);
 /// Closing a socket with unread input resets it, and the reset can destroy
@@ -67,11 +64,21 @@ impl Transport for TcpStream {
 pub struct ServerLimits {
     /// The largest request head (request line and headers) accepted.
     pub max_header_bytes: usize,
-    /// Open connections served at once; more are answered `overloaded`.
+    /// Open connections served at once; past it an idle one is closed to
+    /// make room, or the newcomer is answered `overloaded`.
     pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 /64), likewise.
+    pub max_connections_per_ip: usize,
     /// For a whole request head, from its first byte; also how long a new
     /// connection may wait before its first request begins.
     pub head_timeout: Duration,
+    /// A head must also keep up a rate: it may take `head_grace` plus one
+    /// second per `min_head_rate` bytes received so far (so a client that
+    /// drips a byte at a time is let go after `head_grace`, not at the
+    /// head timeout). Not flags: documented in README.md.
+    pub head_grace: Duration,
+    /// Bytes per second; see `head_grace`.
+    pub min_head_rate: u64,
     /// How long a connection may sit idle between requests.
     pub keepalive_timeout: Duration,
     /// For each write to the client, so one that stops reading is let go.
@@ -83,7 +90,10 @@ impl Default for ServerLimits {
         ServerLimits {
             max_header_bytes: 16 * 1024,
             max_connections: 512,
+            max_connections_per_ip: 128,
             head_timeout: Duration::from_secs(10),
+            head_grace: Duration::from_secs(3),
+            min_head_rate: 1024,
             keepalive_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
         }
@@ -112,7 +122,9 @@ pub fn serve_with(
     if listeners.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listeners to serve"));
     }
-    let shared = Arc::new(Shared { limits, handler, make_transport, open: AtomicUsize::new(0) });
+    raise_open_file_limit(&limits);
+    let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);
+    let shared = Arc::new(Shared { limits, handler, make_transport, admission });
     let mut accepting = Vec::new();
     for listener in listeners {
         let shared = Arc::clone(&shared);
@@ -129,18 +141,50 @@ struct Shared {
     limits: ServerLimits,
     handler: Arc<dyn Handler>,
     make_transport: MakeTransport,
-    /// Connections with a thread, including those being turned away.
-    open: AtomicUsize,
+    admission: Arc<Admission>,
 }
 
-/// A connection's place in [`Shared::open`], given back when dropped, also
-/// when its thread unwinds.
-struct Slot(Arc<Shared>);
+/// A connection with a thread (served or being turned away) in the
+/// `connections_open` gauge, taken out when dropped, also when its thread
+/// unwinds.
+struct Open;
 
-impl Drop for Slot {
+impl Open {
+    fn count() -> Open {
+        metrics::global().http.connections_open.inc();
+        Open
+    }
+}
+
+impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
         metrics::global().http.connections_open.dec();
+    }
+}
+
+/// Each served connection takes two descriptors (its socket and the handle
+/// the admission table keeps), plus a blob file or Nix's pipes at times:
+/// the soft limit (often 1024) is raised to the hard one.
+fn raise_open_file_limit(limits: &ServerLimits) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let wanted = 3 * limits.max_connections as u64 + 256;
+    if (limit.rlim_cur as u64) < wanted {
+        warn!(
+            "the open file limit is {}: --max-connections {} wants about {wanted}; raise it (ulimit -n, LimitNOFILE=)",
+            limit.rlim_cur, limits.max_connections
+        );
     }
 }
 
@@ -157,31 +201,33 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
-/// Starts the connection's thread, unless far too many are open already.
+/// Starts the connection's thread, unless far too many are being turned away already.
 fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
-    let open_before = shared.open.fetch_add(1, Ordering::SeqCst);
     let http_metrics = &metrics::global().http;
     http_metrics.connections.inc();
-    http_metrics.connections_open.inc();
-    let slot = Slot(Arc::clone(shared));
-    let max = shared.limits.max_connections;
-    if open_before >= max {
+    let verdict = shared.admission.admit(&tcp, peer);
+    if !matches!(verdict, Verdict::Serve(_)) {
         http_metrics.connections_refused.inc();
     }
-    if open_before >= max + OVERLOAD_ANSWERS_MAX {
-        debug!("{peer}: closed unanswered, {open_before} connections open");
-        return;
+    if let Verdict::Close = verdict {
+        return debug!("{peer}: closed unanswered, too many are being turned away");
     }
+    let open = Open::count();
+    let shared = Arc::clone(shared);
     let spawned = thread::Builder::new()
         .name("http-connection".into())
-        .spawn(move || run_connection(tcp, peer, &slot.0, open_before >= max));
+        .spawn(move || {
+            let _open = open;
+            run_connection(tcp, peer, &shared, verdict)
+        });
     if let Err(e) = spawned {
         warn!("{peer}: no thread for the connection: {e}");
     }
 }
 
-fn run_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, overloaded: bool) {
+fn run_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, verdict: Verdict) {
     let limits = &shared.limits;
+    let overloaded = matches!(verdict, Verdict::TurnAway(_));
     let (setup_timeout, write_timeout) =
         if overloaded { (OVERLOAD_TIMEOUT, OVERLOAD_TIMEOUT) } else { (limits.head_timeout, limits.write_timeout) };
     // Each response is flushed whole; Nagle would hold back its last segment.
@@ -194,10 +240,13 @@ fn run_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, overloaded:
         Ok(transport) => transport,
         Err(e) => return debug!("{peer}: connection setup failed: {e}"),
     };
-    if overloaded {
-        turn_away(&mut *transport, peer, &*shared.handler);
-    } else {
-        handle_connection(&mut *transport, peer, limits, &*shared.handler);
+    match verdict {
+        Verdict::Serve(ticket) => serve_connection(&mut *transport, peer, limits, &*shared.handler, Some(&ticket)),
+        Verdict::TurnAway(place) => {
+            turn_away(&mut *transport, peer, &*shared.handler);
+            drop(place);
+        }
+        Verdict::Close => {}
     }
 }
 
@@ -221,6 +270,17 @@ pub fn handle_connection<T: Transport + ?Sized>(
     limits: &ServerLimits,
     handler: &dyn Handler,
 ) {
+    serve_connection(stream, peer, limits, handler, None);
+}
+
+/// [`handle_connection`], telling `ticket` when the connection is idle.
+fn serve_connection<T: Transport + ?Sized>(
+    stream: &mut T,
+    peer: SocketAddr,
+    limits: &ServerLimits,
+    handler: &dyn Handler,
+    ticket: Option<&Ticket>,
+) {
     if let Err(e) = stream.set_write_timeout(Some(limits.write_timeout)) {
         return debug!("{peer}: cannot set the write timeout: {e}");
     }
@@ -228,7 +288,7 @@ pub fn handle_connection<T: Transport + ?Sized>(
     let mut out = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, stream);
     let mut idle_timeout = limits.head_timeout;
     loop {
-        let Some(mut incoming) = heads.next_head(&mut **out.get_mut(), idle_timeout, limits) else { return };
+        let Some(mut incoming) = heads.next_head(&mut **out.get_mut(), idle_timeout, limits, ticket) else { return };
         if let Ok(head) = &mut incoming.head {
             head.request.peer = peer;
         }
@@ -336,6 +396,7 @@ mod tests {
             head_timeout: Duration::from_millis(300),
             keepalive_timeout: Duration::from_millis(300),
             write_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
         }
     }
 

@@ -180,6 +180,8 @@ fn raise_open_file_limit(limits: &ServerLimits) {
         }
     }
     let wanted = 3 * limits.max_connections as u64 + 256;
+    // rlim_t is 32 bits on some targets.
+    #[allow(clippy::unnecessary_cast)]
     if (limit.rlim_cur as u64) < wanted {
         warn!(
             "the open file limit is {}: --max-connections {} wants about {wanted}; raise it (ulimit -n, LimitNOFILE=)",

@@ -20,7 +20,7 @@ use std::process::Command;
 
 use base64::Engine;
 use common::clients::skopeo;
-use common::flake::{oci_arch, BASE_IMAGE};
+use common::flake::{for_this_machine, BASE_IMAGE};
 use common::server::HttpResponse;
 use common::{run_ok, FlakeforgeServer, TestDir, TestFlake, NIX_CONFIG};
 use serde_json::Value;
@@ -118,10 +118,7 @@ impl SbomFlake {
     }
 
     fn write(&self, version: &str) {
-        let text = FLAKE
-            .replace("@BASE_IMAGE@", BASE_IMAGE)
-            .replace("@SYSTEM@", &format!("{}-linux", std::env::consts::ARCH))
-            .replace("@ARCH@", oci_arch())
+        let text = for_this_machine(&FLAKE.replace("@BASE_IMAGE@", BASE_IMAGE))
             .replace("@VERSION@", version)
             .replace("@HELPER@", self.helper.path().to_str().unwrap());
         fs::write(self.flake.path().join("flake.nix"), text).unwrap();

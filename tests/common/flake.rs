@@ -221,6 +221,12 @@ const MULTIARCH_FLAKE: &str = r#####"{
 }
 "#####;
 
+/// `text` with `@SYSTEM@` and `@ARCH@` (the OCI architecture) of this machine.
+pub fn for_this_machine(text: &str) -> String {
+    let system = format!("{}-linux", std::env::consts::ARCH);
+    text.replace("@SYSTEM@", &system).replace("@ARCH@", oci_arch())
+}
+
 /// Where scripts/install-deps.sh puts Debian's arm64 busybox.
 const ARM64_BUSYBOX: &str = "/opt/flakeforge-test/arm64/bin/busybox";
 
@@ -231,8 +237,7 @@ pub const NUMBERS: u32 = 1_500_000;
 
 /// Fills in the host's system and what `hello` prints.
 fn substitute(text: &str, hello: &str) -> String {
-    let system = format!("{}-linux", std::env::consts::ARCH);
-    text.replace("@SYSTEM@", &system).replace("@HELLO@", hello)
+    for_this_machine(text).replace("@HELLO@", hello)
 }
 
 impl TestFlake {
@@ -298,7 +303,6 @@ impl TestFlake {
         let text = FLAKE
             .replace("@PRELUDE@", PRELUDE)
             .replace("@BASE_IMAGE@", BASE_IMAGE)
-            .replace("@ARCH@", oci_arch())
             .replace("@SLEEP@", &sleep_seconds(self.path()).to_string())
             .replace("@SLOW@", &SLOW_SECONDS.to_string())
             .replace("@NUMBERS@", &NUMBERS.to_string());

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use flakeforge::digest::{Digest, HashingWriter};
 use flakeforge::image::nix2container::layer::{write_layer, LayerPath};
 
-use super::flake::oci_arch;
+use super::flake::for_this_machine;
 use super::TestFlake;
 
 /// The images pulled and run by every client.
@@ -226,8 +226,7 @@ const FLAKE: &str = r#####"{
 /// The flake, with the diff_ids of the nix2container image's store-path
 /// layers computed from its broken twin's layers (same paths and options).
 pub fn image_kinds_flake() -> TestFlake {
-    let system = format!("{}-linux", std::env::consts::ARCH);
-    let flake = TestFlake::with_text(&FLAKE.replace("@SYSTEM@", &system).replace("@ARCH@", oci_arch()));
+    let flake = TestFlake::with_text(&for_this_machine(FLAKE));
     let zeros = format!("sha256:{}", "0".repeat(64));
     fs::write(flake.path().join("n2c-diff-ids.json"), serde_json::json!([zeros, zeros]).to_string()).unwrap();
     let twin: serde_json::Value = serde_json::from_slice(&fs::read(flake.build("badn2c")).unwrap()).unwrap();

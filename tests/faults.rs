@@ -10,17 +10,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::clients::skopeo;
-use common::{run_ok, wait_until, FlakeforgeServer, TestDir, TestFlake};
+use common::clients::skopeo_copy;
+use common::{run_ok, wait_until, FlakeforgeServer, TestFlake};
 
 fn pull(server: &FlakeforgeServer, name: &str) {
-    let out = TestDir::new();
-    skopeo(&[
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{}/{name}", server.host()),
-        &format!("dir:{}", out.path().display()),
-    ]);
+    skopeo_copy(&format!("{}/{name}", server.host()), &["--src-tls-verify=false"]);
 }
 
 fn leftover_temp_files(state: &Path) -> usize {

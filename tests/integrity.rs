@@ -9,8 +9,8 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::clients::skopeo;
-use common::{FlakeforgeServer, TestDir, TestFlake};
+use common::clients::skopeo_copy;
+use common::{FlakeforgeServer, TestFlake};
 use flakeforge::digest::Digest;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -147,11 +147,5 @@ fn damaged_objects_are_never_served_and_are_made_again() {
     assert_eq!(server.nix_builds() - builds, 3, "one resolution of hello per restart and per lost image record");
 
     // A real client pulls it and checks every digest.
-    let out = TestDir::new();
-    skopeo(&[
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{}/hello", server.host()),
-        &format!("dir:{}", out.path().display()),
-    ]);
+    skopeo_copy(&format!("{}/hello", server.host()), &["--src-tls-verify=false"]);
 }

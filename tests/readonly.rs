@@ -10,19 +10,12 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::clients::skopeo;
+use common::clients::skopeo_copy;
 use common::{run_ok, FlakeforgeServer, TestDir, TestFlake};
 
 /// `skopeo copy` over HTTPS verified with the state directory's CA; the manifest digest.
 fn pull(server: &FlakeforgeServer, name: &str, certs: &Path) -> String {
-    let out = TestDir::new();
-    skopeo(&[
-        "copy",
-        "--src-cert-dir",
-        certs.to_str().unwrap(),
-        &format!("docker://{}/{name}", server.host()),
-        &format!("dir:{}", out.path().display()),
-    ]);
+    let out = skopeo_copy(&format!("{}/{name}", server.host()), &["--src-cert-dir", certs.to_str().unwrap()]);
     let manifest = fs::read(out.path().join("manifest.json")).unwrap();
     flakeforge::digest::Digest::of(&manifest).to_string()
 }

@@ -246,6 +246,18 @@ fn unseal(sealed: &[u8]) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
+    fn image_record(manifest: &Digest) -> ImageRecord {
+        ImageRecord {
+            platform: Platform::of_nix_system("x86_64-linux").unwrap(),
+            manifests: BTreeMap::from([(ManifestFormat::Oci, manifest.clone())]),
+            layers: vec![],
+            gcroots: vec![],
+            annotations: BTreeMap::new(),
+            config: "{}".into(),
+            layer_records: vec![],
+        }
+    }
+
     #[test]
     fn survives_reopen() {
         let state = std::env::temp_dir().join(format!("flakeforge-meta-{}", std::process::id()));
@@ -253,15 +265,7 @@ mod tests {
         let store = MetadataStore::open(&state).unwrap();
         let digest = store.put_manifest(b"{\"schemaVersion\":2}");
         assert_eq!(digest, Digest::of(b"{\"schemaVersion\":2}"));
-        let record = ImageRecord {
-            platform: Platform::of_nix_system("x86_64-linux").unwrap(),
-            manifests: BTreeMap::from([(ManifestFormat::Oci, digest.clone())]),
-            layers: vec![],
-            gcroots: vec![],
-            annotations: BTreeMap::new(),
-            config: "{}".into(),
-            layer_records: vec![],
-        };
+        let record = image_record(&digest);
         let key = Digest::of(b"key");
         store.put_image(&key, &record);
         drop(store);
@@ -295,15 +299,7 @@ mod tests {
         let store = MetadataStore::open(&state).unwrap();
         let manifest = store.put_manifest(b"{\"schemaVersion\":2}");
         let config = store.put_config(b"{\"architecture\":\"amd64\"}");
-        let record = ImageRecord {
-            platform: Platform::of_nix_system("x86_64-linux").unwrap(),
-            manifests: BTreeMap::from([(ManifestFormat::Oci, manifest.clone())]),
-            layers: vec![],
-            gcroots: vec![],
-            annotations: BTreeMap::new(),
-            config: "{}".into(),
-            layer_records: vec![],
-        };
+        let record = image_record(&manifest);
         let key = Digest::of(b"key");
         store.put_image(&key, &record);
         let flip = |path: PathBuf, at: usize| {

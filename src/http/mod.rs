@@ -301,13 +301,14 @@ mod tests {
         assert!(idle_since.elapsed() < Duration::from_secs(2), "closed after {:?}", idle_since.elapsed());
     }
 
-    #[test]
-    fn a_byte_a_time_head_is_cut_off_at_the_deadline() {
-        let mut client = connect(start_server(limits()));
+    /// Sends a head a byte every `pause` to a server with `limits`: its
+    /// answer, and how long that took.
+    fn dripped_head(limits: ServerLimits, pause: Duration) -> (u16, Duration) {
+        let mut client = connect(start_server(limits));
         let mut dripper = client.try_clone().unwrap();
         thread::spawn(move || {
             for byte in b"GET /hello HTTP/1.1\r\nHost: a-host-that-takes-a-while-to-send\r\n\r\n" {
-                thread::sleep(Duration::from_millis(50));
+                thread::sleep(pause);
                 if dripper.write_all(&[*byte]).is_err() {
                     return;
                 }
@@ -315,8 +316,14 @@ mod tests {
         });
         let started = Instant::now();
         let responses = exchange(&mut client, b"", 1);
-        assert_eq!(responses[0].status, 408);
-        assert!(started.elapsed() < Duration::from_secs(1), "answered after {:?}", started.elapsed());
+        (responses[0].status, started.elapsed())
+    }
+
+    #[test]
+    fn a_byte_a_time_head_is_cut_off_at_the_deadline() {
+        let (status, took) = dripped_head(limits(), Duration::from_millis(50));
+        assert_eq!(status, 408);
+        assert!(took < Duration::from_secs(1), "answered after {took:?}");
     }
 
     #[test]
@@ -402,20 +409,9 @@ mod tests {
             min_head_rate: 100,
             ..limits()
         };
-        let mut client = connect(start_server(limits));
-        let mut dripper = client.try_clone().unwrap();
-        thread::spawn(move || {
-            for byte in b"GET /hello HTTP/1.1\r\nHost: a-host-that-takes-a-while-to-send\r\n\r\n" {
-                thread::sleep(Duration::from_millis(100));
-                if dripper.write_all(&[*byte]).is_err() {
-                    return;
-                }
-            }
-        });
-        let started = Instant::now();
-        let responses = exchange(&mut client, b"", 1);
-        assert_eq!(responses[0].status, 408);
+        let (status, took) = dripped_head(limits, Duration::from_millis(100));
+        assert_eq!(status, 408);
         // 10 bytes a second earn 0.1 s each: cut off well before the 30 s timeout.
-        assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}", started.elapsed());
+        assert!(took < Duration::from_secs(10), "answered after {took:?}");
     }
 }

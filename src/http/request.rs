@@ -130,6 +130,8 @@ pub(crate) struct Incoming {
 #[derive(Debug, Default)]
 pub(crate) struct HeadReader {
     buffer: Vec<u8>,
+    /// What each read goes into first: allocated once, never zeroed again.
+    scratch: Vec<u8>,
 }
 
 impl HeadReader {
@@ -172,14 +174,20 @@ impl HeadReader {
             let allowed = limits.head_timeout.min(limits.head_grace.saturating_add(earned));
             started.checked_add(allowed)
         };
+        // Parsed when it may have become complete (or too large), and once
+        // at first to catch garbage early: a client sending a byte per
+        // read must not make each read parse the whole head again.
+        let mut parsed_len = None;
         loop {
-            match parse_head(&self.buffer, limits.max_header_bytes) {
-                Ok(Some((len, head))) => {
-                    self.buffer.drain(..len);
-                    return Some(Incoming { started, head: Ok(head) });
+            if parsed_len.is_none_or(|parsed| may_be_complete(&self.buffer, parsed, limits.max_header_bytes)) {
+                match parse_head(&self.buffer, limits.max_header_bytes) {
+                    Ok(Some((len, head))) => {
+                        self.buffer.drain(..len);
+                        return Some(Incoming { started, head: Ok(head) });
+                    }
+                    Ok(None) => parsed_len = Some(self.buffer.len()),
+                    Err(rejection) => return Some(Incoming { started, head: Err(rejection) }),
                 }
-                Ok(None) => {}
-                Err(rejection) => return Some(Incoming { started, head: Err(rejection) }),
             }
             // (A timeout too large for a deadline stands for "no limit".)
             let time_left = deadline(self.buffer.len())
@@ -200,12 +208,21 @@ impl HeadReader {
     }
 
     fn read_more<T: Transport + ?Sized>(&mut self, stream: &mut T, timeout: Duration) -> io::Result<usize> {
-        let filled = self.buffer.len();
-        self.buffer.resize(filled + READ_CHUNK_BYTES, 0);
-        let result = read_within(stream, &mut self.buffer[filled..], timeout);
-        self.buffer.truncate(filled + *result.as_ref().unwrap_or(&0));
-        result
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; READ_CHUNK_BYTES];
+        }
+        let read = read_within(stream, &mut self.scratch, timeout)?;
+        self.buffer.extend_from_slice(&self.scratch[..read]);
+        Ok(read)
     }
+}
+
+/// Whether the bytes past `parsed` (the length last parsed as incomplete)
+/// may end the head: a blank line (`\n\n` or `\n\r\n`) in them, or the
+/// size limit reached.
+fn may_be_complete(buffer: &[u8], parsed: usize, max_bytes: usize) -> bool {
+    let fresh = &buffer[parsed.saturating_sub(2)..];
+    buffer.len() >= max_bytes || fresh.windows(2).any(|w| w == b"\n\n") || fresh.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// One read that gives up after `timeout` (an error of kind `TimedOut` or
@@ -290,7 +307,7 @@ fn names_another_http_version(buffer: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_head, Head, Rejection, Request, Version, BAD_VERSION, MALFORMED, TOO_LARGE};
+    use super::{may_be_complete, parse_head, Head, Rejection, Request, Version, BAD_VERSION, MALFORMED, TOO_LARGE};
 
     fn request_with_query(query: &str) -> Request {
         Request {
@@ -362,6 +379,18 @@ mod tests {
         assert!(has_body("POST / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 7\r\n\r\n"));
         assert!(has_body("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
         assert_eq!(rejection(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), MALFORMED);
+    }
+
+    #[test]
+    fn a_head_is_parsed_again_only_when_it_may_have_ended() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n";
+        assert!(!may_be_complete(head, head.len() - 1, 1024));
+        assert!(may_be_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", head.len(), 1024));
+        assert!(may_be_complete(b"GET / HTTP/1.1\n\n", 14, 1024));
+        assert!(!may_be_complete(b"GET / HTTP/1.1\r\n\r", 15, 1024));
+        // The blank line split across reads: the last read brought only its last byte.
+        assert!(may_be_complete(b"GET / HTTP/1.1\r\n\r\n", 17, 1024));
+        assert!(may_be_complete(&[b'x'; 1024], 1023, 1024));
     }
 
     #[test]

@@ -296,15 +296,18 @@ fn paginate(items: Vec<String>, request: &Request) -> Result<(Vec<String>, Optio
     Ok((page, link))
 }
 
-enum RangeRequest {
+/// What a `Range` header asks of a blob of a given size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
     Satisfiable(u64, u64),
     Unsatisfiable,
     /// Not a single byte range: the whole blob is sent, as RFC 9110 allows.
     Ignored,
 }
 
-/// A single `bytes=` range, as `start..end` (end exclusive).
-fn parse_range(header: &str, size: u64) -> RangeRequest {
+/// A single `bytes=` range, as `start..end` (end exclusive). Public for
+/// the fuzz target.
+pub fn parse_range(header: &str, size: u64) -> RangeRequest {
     let Some(spec) = header.trim().strip_prefix("bytes=") else { return RangeRequest::Ignored };
     if spec.contains(',') {
         return RangeRequest::Ignored;

@@ -21,6 +21,17 @@ pub fn skopeo(args: &[&str]) -> String {
     run_ok(Command::new("skopeo").args(args), 300)
 }
 
+/// `skopeo copy docker://IMAGE` (`HOST:PORT/NAME`) into a fresh `dir:`
+/// copy, with `options` for the source (`--src-tls-verify=false`,
+/// `--src-cert-dir DIR`); skopeo checks every digest. The copy.
+pub fn skopeo_copy(image: &str, options: &[&str]) -> TestDir {
+    let out = TestDir::new();
+    let (source, dest) = (format!("docker://{image}"), format!("dir:{}", out.path().display()));
+    let args: Vec<&str> = ["copy"].into_iter().chain(options.iter().copied()).chain([&*source, &*dest]).collect();
+    skopeo(&args);
+    out
+}
+
 /// podman with its own storage, runc, no network and ulimits that work here.
 pub struct Podman {
     dir: TestDir,

@@ -300,7 +300,8 @@ mod tests {
         let layer_id = Digest::of(b"layer").to_string();
         let config = format!(r#"{{"rootfs": {{"diff_ids": ["{layer_id}"]}}}}"#);
         let good_manifest = br#"[{"Config": "c.json", "Layers": ["l.tar"]}]"#;
-        let cases: Vec<(&str, Vec<(&str, &[u8])>)> = vec![
+        type Members<'a> = Vec<(&'a str, &'a [u8])>;
+        let cases: Vec<(&str, Members)> = vec![
             ("manifest-object", vec![("manifest.json", b"{}")]),
             ("manifest-empty", vec![("manifest.json", b"[]")]),
             ("config-number", vec![("manifest.json", b"[{\"Config\": 7}]")]),

@@ -12,8 +12,8 @@
 //! makes it again from its recipe; it is never handed out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -107,38 +107,16 @@ impl MetadataStore {
         if let Some(bytes) = self.unwritten.lock().unwrap().get(path) {
             return Some(bytes.clone());
         }
-        let mut file = match File::open(path) {
-            Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return None,
-            Err(err) => {
-                log::warn!("metadata: cannot read {} ({err}); it will be made again", path.display());
-                return None;
-            }
-        };
-        let mut bytes = Vec::new();
-        if let Err(err) = file.read_to_end(&mut bytes) {
-            log::warn!("metadata: cannot read {} ({err}); it will be made again", path.display());
-            return None;
-        }
-        if intact(&bytes) {
-            return Some(bytes);
-        }
-        log::error!(
-            "metadata: {} ({} bytes) does not match its digest: removed, it will be made again",
-            path.display(),
-            bytes.len()
-        );
-        super::remove_if_same(path, &file);
-        None
+        super::read_checked(path, intact)
     }
 
     fn put_json<T: Serialize>(&self, path: PathBuf, value: &T) {
-        self.put(path, &seal(&serde_json::to_vec(value).expect("records serialize")));
+        self.put(path, &super::seal(&serde_json::to_vec(value).expect("records serialize")));
     }
 
     fn get_json<T: DeserializeOwned>(&self, path: &Path) -> Option<T> {
-        let sealed = self.get(path, |bytes| unseal(bytes).is_some())?;
-        serde_json::from_slice(unseal(&sealed)?)
+        let sealed = self.get(path, |bytes| super::unseal(bytes).is_some())?;
+        serde_json::from_slice(super::unseal(&sealed)?)
             .inspect_err(|err| log::warn!("metadata: ignoring unreadable {}: {err}", path.display()))
             .ok()
     }
@@ -225,21 +203,6 @@ impl MetadataStore {
             })
             .collect()
     }
-}
-
-/// A record as stored: `sha256:<hex of the JSON>`, a newline, the JSON.
-fn seal(json: &[u8]) -> Vec<u8> {
-    let mut sealed = format!("{}\n", Digest::of(json)).into_bytes();
-    sealed.extend_from_slice(json);
-    sealed
-}
-
-/// The JSON of a sealed record, if it matches its checksum.
-fn unseal(sealed: &[u8]) -> Option<&[u8]> {
-    let newline = sealed.iter().position(|&b| b == b'\n')?;
-    let digest: Digest = std::str::from_utf8(&sealed[..newline]).ok()?.parse().ok()?;
-    let json = &sealed[newline + 1..];
-    (Digest::of(json) == digest).then_some(json)
 }
 
 #[cfg(test)]

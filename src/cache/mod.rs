@@ -16,6 +16,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 
+use crate::digest::Digest;
+
 /// Writes `bytes` to `path` through a temporary file in `tmp_dir` and a
 /// rename, so a reader never sees half a file.
 pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -30,6 +32,46 @@ pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()>
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A record as stored: `sha256:<hex of the JSON>`, a newline, the JSON.
+pub fn seal(json: &[u8]) -> Vec<u8> {
+    let mut sealed = format!("{}\n", Digest::of(json)).into_bytes();
+    sealed.extend_from_slice(json);
+    sealed
+}
+
+/// The JSON of a sealed record, if it matches its checksum.
+pub fn unseal(sealed: &[u8]) -> Option<&[u8]> {
+    let newline = sealed.iter().position(|&b| b == b'\n')?;
+    let digest: Digest = std::str::from_utf8(&sealed[..newline]).ok()?.parse().ok()?;
+    let json = &sealed[newline + 1..];
+    (Digest::of(json) == digest).then_some(json)
+}
+
+/// What is stored at `path`, if `intact` holds for it. What does not
+/// hold (a flipped bit, a file emptied or cut short) is logged and removed,
+/// so that it is made again; it is never handed out.
+pub fn read_checked(path: &Path, intact: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return None,
+        Err(err) => {
+            log::warn!("cannot read {} ({err}); it will be made again", path.display());
+            return None;
+        }
+    };
+    let mut bytes = Vec::new();
+    if let Err(err) = io::Read::read_to_end(&mut file, &mut bytes) {
+        log::warn!("cannot read {} ({err}); it will be made again", path.display());
+        return None;
+    }
+    if intact(&bytes) {
+        return Some(bytes);
+    }
+    log::error!("{} ({} bytes) does not match its digest: removed, it will be made again", path.display(), bytes.len());
+    remove_if_same(path, &file);
+    None
 }
 
 /// Removes `path` if it is still the file `opened` (found damaged): a

@@ -38,17 +38,19 @@ impl ResolutionStore {
         Ok(ResolutionStore { dir, tmp_dir })
     }
 
-    /// The resolution stored under `key`; one that does not parse is ignored (and logged).
+    /// The resolution stored under `key`, checked against the checksum it
+    /// was sealed with (one that fails is removed); one that does not parse
+    /// is ignored (and logged).
     pub fn get(&self, key: &Digest) -> Option<Resolution> {
-        let bytes = fs::read(self.dir.join(key.hex())).ok()?;
-        serde_json::from_slice(&bytes)
+        let sealed = super::read_checked(&self.dir.join(key.hex()), |bytes| super::unseal(bytes).is_some())?;
+        serde_json::from_slice(super::unseal(&sealed)?)
             .inspect_err(|err| log::warn!("resolutions: ignoring unreadable {}: {err}", key.hex()))
             .ok()
     }
 
     /// Stores `resolution` under `key`; a failure (a full disk) only costs a rebuild after a restart.
     pub fn put(&self, key: &Digest, resolution: &Resolution) {
-        let bytes = serde_json::to_vec(resolution).expect("resolutions serialize");
+        let bytes = super::seal(&serde_json::to_vec(resolution).expect("resolutions serialize"));
         if let Err(err) = super::write_atomic(&self.tmp_dir, &self.dir.join(key.hex()), &bytes) {
             log::warn!("resolutions: could not keep {} ({err}); it is built again after a restart", key.hex());
         }
@@ -58,6 +60,28 @@ impl ResolutionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_resolution_is_removed_not_used() {
+        let state = std::env::temp_dir().join(format!("flakeforge-resolutions-damaged-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        let store = ResolutionStore::open(&state).unwrap();
+        let resolution = Resolution {
+            revision: "0123456789abcdef0123456789abcdef01234567".into(),
+            manifests: BTreeMap::from([(ManifestFormat::Oci, Digest::of(b"m"))]),
+        };
+        let key = Digest::of(b"key");
+        store.put(&key, &resolution);
+        let path = state.join("resolutions").join(key.hex());
+        let mut bytes = fs::read(&path).unwrap();
+        // In the revision: still JSON, a valid resolution, but not the one stored.
+        let at = bytes.windows(16).position(|w| w == b"0123456789abcdef").unwrap();
+        bytes[at] = b'1';
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(store.get(&key), None);
+        assert!(!path.exists());
+        fs::remove_dir_all(&state).unwrap();
+    }
 
     #[test]
     fn survives_reopen() {

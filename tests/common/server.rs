@@ -114,7 +114,36 @@ impl FlakeforgeServer {
         self.state.path().join("state")
     }
 
+    /// Starts the process. The first start picks its ports below the
+    /// ephemeral range (no outgoing connection can take one of them while
+    /// the server is stopped for a restart); later starts keep them. A port
+    /// another test's server took meanwhile: a first start picks another, a
+    /// restart waits for it a little.
     fn spawn(&mut self) {
+        let first = self.bound.is_empty();
+        for attempt in 1..=10 {
+            let listen: Vec<String> = self.launch.listen.iter().map(|l| with_a_port(l)).collect();
+            match self.try_spawn(&listen) {
+                Ok(bound) => {
+                    self.bound = bound;
+                    break;
+                }
+                Err(log) if log.contains("cannot listen") && attempt < 10 => {
+                    if !first {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+                Err(log) => panic!("flakeforge exited:\n{log}"),
+            }
+        }
+        self.launch.listen = self.bound.iter().map(ToString::to_string).collect();
+        if !self.launch.tls && self.launch.wrapper.is_empty() {
+            assert_eq!(self.get("/v2/").status, 200, "flakeforge does not answer:\n{}", self.log());
+        }
+    }
+
+    /// Runs the binary on `listen`; the addresses it serves on, or its log if it exited.
+    fn try_spawn(&mut self, listen: &[String]) -> Result<Vec<SocketAddr>, String> {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let log_start = log.metadata().unwrap().len() as usize;
         let binary = env!("CARGO_BIN_EXE_flakeforge");
@@ -127,8 +156,8 @@ impl FlakeforgeServer {
             None => Command::new(binary),
         };
         command.args(&self.launch.args);
-        for listen in &self.launch.listen {
-            command.arg("--listen").arg(listen);
+        for address in listen {
+            command.arg("--listen").arg(address);
         }
         let child = command
             .arg("--state-dir")
@@ -143,20 +172,18 @@ impl FlakeforgeServer {
         self.child = Some(child);
         // Its own log line, not a connection: another server may hold a port
         // this one failed to bind.
+        let mut outcome = None;
         wait_until(60, "flakeforge to serve", || {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("flakeforge exited ({status}):\n{}", self.log());
+            let log = self.log().get(log_start..).unwrap_or_default().to_string();
+            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                self.child = None;
+                outcome = Some(Err(log));
+                return true;
             }
-            let log = self.log();
-            let Some(bound) = log.get(log_start..).and_then(bound_addresses) else { return false };
-            self.bound = bound;
-            true
+            outcome = bound_addresses(&log).map(Ok);
+            outcome.is_some()
         });
-        // Later starts keep the ports, so that image references stay valid.
-        self.launch.listen = self.bound.iter().map(ToString::to_string).collect();
-        if !self.launch.tls && self.launch.wrapper.is_empty() {
-            assert_eq!(self.get("/v2/").status, 200, "flakeforge does not answer:\n{}", self.log());
-        }
+        outcome.expect("set when the wait ends")
     }
 
     pub fn stop(&mut self) {
@@ -260,6 +287,20 @@ impl FlakeforgeServer {
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
         http_request(self.addr(), method, path, headers)
     }
+}
+
+/// `address` with a free-looking port for a port 0: a random one below the
+/// ephemeral range, which the system hands to outgoing connections and to
+/// `bind` on port 0.
+fn with_a_port(address: &str) -> String {
+    let Some(host) = address.strip_suffix(":0") else { return address.to_string() };
+    let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range.split_whitespace().next().and_then(|low| low.parse().ok()).unwrap_or(32768);
+    let (floor, span) = (low.saturating_sub(12_000).max(1025), 12_000.min(low.saturating_sub(1025)).max(1));
+    let noise = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let seed = u64::from(noise) ^ (u64::from(std::process::id()) << 32);
+    let port = floor + (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u16 % span;
+    format!("{host}:{port}")
 }
 
 /// The addresses of the log line `serving FLAKE for SYSTEMS on ADDR, ADDR over ...`.

@@ -62,6 +62,7 @@ pub struct HttpMetrics {
     pub connections: Counter,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    pub connections_closed_idle: Counter,
 }
 
 impl HttpMetrics {
@@ -155,6 +156,7 @@ impl Metrics {
             connections: Counter::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            connections_closed_idle: Counter::default(),
         };
         let builds = BuildMetrics {
             finished: Family::default(),
@@ -193,8 +195,13 @@ impl Metrics {
         r.register("http_connections_open", "Connections open now", http.connections_open.clone());
         r.register(
             "http_connections_refused",
-            "Connections past --max-connections, answered 503 or closed",
+            "Connections past --max-connections or --max-connections-per-ip with no idle one to close, answered 503 or closed",
             http.connections_refused.clone(),
+        );
+        r.register(
+            "http_connections_closed_idle",
+            "Idle connections closed to make room for a new one",
+            http.connections_closed_idle.clone(),
         );
         r.register("builds", "Builds finished, by outcome (succeeded, failed)", builds.finished.clone());
         r.register(

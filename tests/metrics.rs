@@ -1,16 +1,19 @@
 //! `/metrics` of the real binary: a pull, a failed build, evictions and a
 //! layer made again change the counters they should; `--metrics-listen`
-//! serves them apart (and counts connections turned away on the main
-//! listener); over HTTPS the certificate's expiry is there.
+//! serves them apart (and counts on the main listener idle connections
+//! closed to make room, connections turned away and slow heads answered
+//! 408); over HTTPS the certificate's expiry is there.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::server::http_request;
-use common::{free_port, wait_until, FlakeforgeServer, TestFlake};
+use common::{wait_until, FlakeforgeServer, TestFlake};
 
 /// The samples of a Prometheus text page: `name{labels}` → value.
 fn parse(text: &str) -> BTreeMap<String, f64> {
@@ -49,6 +52,15 @@ impl Scrape {
     fn get(&self, series: &str) -> f64 {
         self.0.get(series).copied().unwrap_or(0.0)
     }
+}
+
+/// Where `--metrics-listen` (port 0: the system chose) listens, as the log
+/// says; logged before the line the harness waits for.
+fn metrics_listener(server: &FlakeforgeServer) -> SocketAddr {
+    let log = server.log();
+    let line = log.lines().find(|line| line.contains("] serving /metrics on ")).expect("no /metrics listener logged");
+    let (_, rest) = line.split_once("] serving /metrics on ").unwrap();
+    rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// `series` went from `before` to `after` by exactly `by`.
@@ -139,10 +151,8 @@ fn a_pull_a_failed_build_and_evictions_change_the_counters() {
 #[test]
 fn metrics_listen_serves_them_apart_and_counts_refused_connections() {
     let flake = TestFlake::web();
-    let metrics_port = free_port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let server = FlakeforgeServer::start(flake.path(), &["--metrics-listen", &metrics_addr, "--max-connections", "1"]);
-    let metrics = metrics_addr.parse().unwrap();
+    let server = FlakeforgeServer::start(flake.path(), &["--metrics-listen", "127.0.0.1:0", "--max-connections", "1"]);
+    let metrics = metrics_listener(&server);
     // The harness's own first request may hold the one connection a moment longer.
     let mut main = server.get("/metrics");
     wait_until(20, "the one connection to be free", || {
@@ -153,24 +163,55 @@ fn metrics_listen_serves_them_apart_and_counts_refused_connections() {
     let other = http_request(metrics, "GET", "/v2/", &[]);
     assert_eq!(other.status, 404, "the metrics listener serves /metrics alone");
 
-    // One connection held open fills the main listener: the next is turned away.
-    let held = TcpStream::connect(server.addr()).unwrap();
-    let refused = server.get("/v2/");
-    assert_eq!(refused.status, 503);
-    drop(held);
-    let response = http_request(metrics, "GET", "/metrics", &[]);
-    assert_eq!(response.status, 200);
-    let scrape = parse(&String::from_utf8(response.body).unwrap());
+    // An idle keep-alive connection is closed to make room for the next one.
+    // (Until its answer is sent and the server waits for its next request it
+    // is busy, and the next is turned away: hence the retries.)
+    let mut idle = TcpStream::connect(server.addr()).unwrap();
+    idle.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = [0; 512];
+    let n = idle.read(&mut answer).unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..n]));
+    wait_until(30, "the idle connection to be closed for another", || server.get("/v2/").status == 200);
+    idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert!(matches!(idle.read(&mut answer), Ok(0) | Err(_)), "the idle connection is still open");
+
+    // One connection in the middle of a request head fills the main
+    // listener: it is not closed for another, the next is turned away.
+    let mut busy = None;
+    wait_until(30, "a connection to be turned away", || {
+        let mut held = TcpStream::connect(server.addr()).unwrap();
+        held.write_all(b"GET /v2/ HTTP/1.1\r\n").unwrap();
+        // Time for the server to read it; if not, the next try waits longer.
+        thread::sleep(Duration::from_millis(300));
+        let turned_away = server.get("/v2/").status == 503;
+        busy = Some(held);
+        turned_away
+    });
+    // The head it never finishes falls below the minimum rate: 408.
+    let mut busy = busy.unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut slow = Vec::new();
+    let _ = busy.read_to_end(&mut slow);
+    assert!(slow.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&slow));
+
+    let scrape_of_408 = r#"flakeforge_http_requests_total{endpoint="invalid",status="408"}"#;
+    let mut scrape = BTreeMap::new();
+    wait_until(30, "the 408 to be counted", || {
+        let response = http_request(metrics, "GET", "/metrics", &[]);
+        assert_eq!(response.status, 200);
+        scrape = parse(&String::from_utf8(response.body).unwrap());
+        scrape.get(scrape_of_408).is_some_and(|count| *count >= 1.0)
+    });
     assert!(scrape["flakeforge_http_connections_refused_total"] >= 1.0);
+    assert!(scrape["flakeforge_http_connections_closed_idle_total"] >= 1.0);
     assert!(scrape[r#"flakeforge_http_requests_total{endpoint="metrics",status="404"}"#] >= 1.0);
 }
 
 #[test]
 fn over_https_the_certificates_expiry_is_shown() {
     let flake = TestFlake::web();
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let _server = FlakeforgeServer::start_tls(flake.path(), &["--metrics-listen", &metrics_addr]);
-    let response = http_request(metrics_addr.parse().unwrap(), "GET", "/metrics", &[]);
+    let server = FlakeforgeServer::start_tls(flake.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let response = http_request(metrics_listener(&server), "GET", "/metrics", &[]);
     assert_eq!(response.status, 200);
     let expiry =
         parse(&String::from_utf8(response.body).unwrap())["flakeforge_tls_certificate_expiry_timestamp_seconds"];

@@ -61,16 +61,21 @@ impl ResolutionStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_damaged_resolution_is_removed_not_used() {
-        let state = std::env::temp_dir().join(format!("flakeforge-resolutions-damaged-{}", std::process::id()));
+    /// A fresh store in a directory named after `test`, and a resolution to keep.
+    fn fresh_store(test: &str) -> (PathBuf, ResolutionStore, Digest, Resolution) {
+        let state = std::env::temp_dir().join(format!("flakeforge-resolutions-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&state);
         let store = ResolutionStore::open(&state).unwrap();
         let resolution = Resolution {
             revision: "0123456789abcdef0123456789abcdef01234567".into(),
             manifests: BTreeMap::from([(ManifestFormat::Oci, Digest::of(b"m"))]),
         };
-        let key = Digest::of(b"key");
+        (state, store, Digest::of(b"key"), resolution)
+    }
+
+    #[test]
+    fn a_damaged_resolution_is_removed_not_used() {
+        let (state, store, key, resolution) = fresh_store("damaged");
         store.put(&key, &resolution);
         let path = state.join("resolutions").join(key.hex());
         let mut bytes = fs::read(&path).unwrap();
@@ -85,14 +90,7 @@ mod tests {
 
     #[test]
     fn survives_reopen() {
-        let state = std::env::temp_dir().join(format!("flakeforge-resolutions-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state);
-        let store = ResolutionStore::open(&state).unwrap();
-        let resolution = Resolution {
-            revision: "0123456789abcdef0123456789abcdef01234567".into(),
-            manifests: BTreeMap::from([(ManifestFormat::Oci, Digest::of(b"m"))]),
-        };
-        let key = Digest::of(b"key");
+        let (state, store, key, resolution) = fresh_store("reopen");
         assert!(store.get(&key).is_none());
         store.put(&key, &resolution);
         drop(store);

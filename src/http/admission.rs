@@ -15,6 +15,8 @@ use std::time::Instant;
 
 use log::debug;
 
+use crate::metrics;
+
 /// How many connections past the limits may be getting their `overloaded`
 /// answer at once; beyond that they are closed unanswered.
 const TURN_AWAY_ANSWERS_MAX: usize = 32;
@@ -81,6 +83,7 @@ impl Table {
     fn close(&mut self, id: u64, why: &str) {
         if let Some(connection) = self.remove(id) {
             debug!("closing an idle connection to make room ({why})");
+            metrics::global().http.connections_closed_idle.inc();
             let _ = connection.socket.shutdown(Shutdown::Both);
         }
     }

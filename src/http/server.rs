@@ -216,12 +216,10 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     }
     let open = Open::count();
     let shared = Arc::clone(shared);
-    let spawned = thread::Builder::new()
-        .name("http-connection".into())
-        .spawn(move || {
-            let _open = open;
-            run_connection(tcp, peer, &shared, verdict)
-        });
+    let spawned = thread::Builder::new().name("http-connection".into()).spawn(move || {
+        let _open = open;
+        run_connection(tcp, peer, &shared, verdict)
+    });
     if let Err(e) = spawned {
         warn!("{peer}: no thread for the connection: {e}");
     }

@@ -1,33 +1,38 @@
-//! The handler the HTTP server runs: `/v2/…` goes to the registry API;
-//! `/-/…`, the operator's pages (`/`, `/images/…`, `/builds`, `/cache`) and
-//! `/metrics` to [`crate::web`]. Rooms that concern every request (access
-//! control, metrics) wrap or join here, not inside the registry.
+//! The handler the HTTP server runs: access control first ([`Guard`]: who
+//! sent the request), then `/v2/…` to the registry API; `/-/…`, the
+//! operator's pages (`/`, `/images/…`, `/builds`, `/cache`) and `/metrics`
+//! to [`crate::web`], each answering for that client. Rooms that concern
+//! every request (access control, metrics) wrap or join here, not inside
+//! the registry.
 
 use std::sync::Arc;
 
+use crate::auth::Guard;
 use crate::http::{Handler, Request, Response};
 use crate::registry::Registry;
 use crate::web::Web;
 
 pub struct App {
+    guard: Guard,
     registry: Registry,
     web: Web,
 }
 
 impl App {
-    pub fn new(registry: Registry, web: Web) -> Arc<App> {
-        Arc::new(App { registry, web })
+    pub fn new(guard: Guard, registry: Registry, web: Web) -> Arc<App> {
+        Arc::new(App { guard, registry, web })
     }
 }
 
 impl Handler for App {
     fn handle(&self, request: &Request) -> Response {
-        if request.path.starts_with("/-/") {
-            self.web.handle(request)
-        } else if Web::serves(&request.path) {
-            self.web.page(request)
-        } else {
-            self.registry.handle(request)
+        let identity = self.guard.identify(request);
+        match (request.path.starts_with("/-/"), identity) {
+            (true, Ok(identity)) => self.web.handle(request, &identity),
+            (true, Err(denied)) => self.web.refuse(denied),
+            (false, Ok(_)) if Web::serves(&request.path) => self.web.page(request),
+            (false, Ok(identity)) => self.registry.handle(request, &identity),
+            (false, Err(denied)) => self.registry.refuse(denied),
         }
     }
 

@@ -10,10 +10,12 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use crate::app::App;
+use crate::auth::{AuthOptions, Guard};
 use crate::cache;
 use crate::config::{self, Config};
 use crate::http::{self, ServerLimits};
 use crate::image::compress::{Compression, Pool};
+use crate::nix::attr::LookupOptions;
 use crate::nix::scheduler::SchedulerOptions;
 use crate::reference::{RepoName, Tag};
 use crate::registry::Registry;
@@ -89,6 +91,18 @@ struct ServeArgs {
     /// make a new local CA when tls/ca.crt is there but tls/ca.key is lost (clients must then trust the new CA); without it that refuses to start
     #[argh(switch)]
     new_ca: bool,
+    /// an Apache htpasswd file of bcrypt entries (htpasswd -B): its users log in with HTTP Basic; re-read when it changes
+    #[argh(option)]
+    htpasswd: Option<PathBuf>,
+    /// who may pull and build which images: a TOML file, or JSON if it ends in .json (see README); re-read when it changes
+    #[argh(option)]
+    policy: Option<PathBuf>,
+    /// allow --htpasswd with --no-tls, where passwords cross the network readable (behind a proxy that does TLS)
+    #[argh(switch)]
+    allow_insecure_auth: bool,
+    /// look image names up in packages.<system> only, not in legacyPackages.<system>
+    #[argh(switch)]
+    no_legacy_packages: bool,
     /// seconds a nix invocation may take before its process group is killed (default: 1800)
     #[argh(option, default = "1800")]
     build_timeout: u64,
@@ -191,6 +205,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let metrics_listen =
         args.metrics_listen.as_deref().map(|text| socket_addr(text, "--metrics-listen")).transpose()?;
     let new_ca = args.new_ca;
+    let auth = auth_args(&args)?;
     let config = config_from(args)?;
     if let Err(err) = cache::probe_writable(&config.state_dir) {
         log::warn!(
@@ -201,6 +216,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             config.state_dir.display()
         );
     }
+    let guard = Guard::open(&auth)?;
     let make_transport = if config.tls {
         let options = TlsOptions {
             state_dir: config.state_dir.clone(),
@@ -239,7 +255,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     service.start_watch().map_err(|e| format!("cannot start the watch: {e}"))?;
     log::info!("{summary}");
     let web = Web::new(service.clone(), WebOptions { metrics_on_main: metrics_listen.is_none() });
-    let app = App::new(Registry::new(service), web);
+    let app = App::new(guard, Registry::new(service), web);
     match make_transport {
         Some(tls) => http::serve_with(listeners, limits, app, tls)?,
         None => http::serve(listeners, limits, app)?,
@@ -278,6 +294,19 @@ fn tls_args(args: &ServeArgs) -> Result<(Vec<String>, Option<CertFiles>), String
         return Err("--new-ca is about the local CA: drop it with --tls-cert and --tls-key".into());
     }
     Ok((args.hostname.clone(), cert_files))
+}
+
+/// `--htpasswd` and `--policy`, checked against `--no-tls`.
+fn auth_args(args: &ServeArgs) -> Result<AuthOptions, String> {
+    if args.htpasswd.is_some() && args.no_tls && !args.allow_insecure_auth {
+        return Err("--htpasswd with --no-tls would send passwords readable by anyone on the way: serve HTTPS, \
+                    or add --allow-insecure-auth (e.g. behind a proxy that does TLS)"
+            .into());
+    }
+    if args.allow_insecure_auth && args.htpasswd.is_none() {
+        return Err("--allow-insecure-auth goes with --htpasswd".into());
+    }
+    Ok(AuthOptions { htpasswd: args.htpasswd.clone(), policy: args.policy.clone() })
 }
 
 fn config_from(args: ServeArgs) -> Result<Config, String> {
@@ -319,6 +348,7 @@ fn config_from(args: ServeArgs) -> Result<Config, String> {
             max_evals: positive(args.max_evals as u64, "--max-evals")? as usize,
             build_rate: args.build_rate,
         },
+        lookup: LookupOptions { legacy_packages: !args.no_legacy_packages },
         policy: BuildPolicy {
             answer_within: (args.answer_within > 0).then(|| Duration::from_secs(args.answer_within)),
             negative_ttl: Duration::from_secs(args.negative_ttl),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::http::ServerLimits;
 use crate::image::compress::Compression;
+use crate::nix::attr::LookupOptions;
 use crate::nix::scheduler::SchedulerOptions;
 use crate::service::{AttestOptions, BuildPolicy, PrebuildOptions};
 
@@ -28,6 +29,8 @@ pub struct Config {
     pub limits: ServerLimits,
     /// How Nix processes are shared out (`--max-builds`, `--max-evals`, `--build-rate`).
     pub scheduler: SchedulerOptions,
+    /// Where image names are looked up (`--no-legacy-packages`).
+    pub lookup: LookupOptions,
     /// How builds meet clients (`--answer-within`, `--negative-ttl`, `--no-stale`, `--max-compose`).
     pub policy: BuildPolicy,
     /// What is built ahead of pulls, and the watch (`--prebuild`, `--prebuild-all`, `--watch-interval`).

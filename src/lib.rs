@@ -3,8 +3,11 @@
 //! The layers, from the socket inwards:
 //! - [`tls`]: built-in HTTPS (rustls): a local CA or given certificates, handshakes.
 //! - [`http`]: a small HTTP/1.1 server on `httparse`, generic over the byte stream.
-//! - [`app`]: the handler the server runs: `/v2/` to [`registry`]; `/-/`,
-//!   the operator's pages and `/metrics` to [`web`].
+//! - [`app`]: the handler the server runs: [`auth`] first (who sent the
+//!   request), then `/v2/` to [`registry`]; `/-/`, the operator's pages and
+//!   `/metrics` to [`web`].
+//! - [`auth`]: access control: users (htpasswd), the policy of who may pull
+//!   and build which images, failed-login throttling.
 //! - [`registry`]: the OCI Distribution API (pull side): routing, validation, errors.
 //! - [`web`]: what is not the registry API: the build status, the watch's
 //!   trigger, the operator's pages, `/metrics`.
@@ -17,11 +20,13 @@
 //! - [`reference`], [`media_type`], [`digest`]: the validated names, tags,
 //!   manifest forms and digests every layer above shares; [`metrics`]: the
 //!   Prometheus metrics every layer records into; [`flight`],
-//!   [`rate_limit`] and [`signals`]: small tools of the layers above.
+//!   [`rate_limit`], [`reload`] (files read again when they change) and
+//!   [`signals`]: small tools of the layers above.
 //! - [`systemd_unit`]: the systemd unit for Debian-family hosts, from the
 //!   settings the NixOS module shares (`nixos/service.json`).
 
 pub mod app;
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -35,6 +40,7 @@ pub mod nix;
 pub mod rate_limit;
 pub mod reference;
 pub mod registry;
+pub mod reload;
 pub mod service;
 pub mod signals;
 pub mod systemd_unit;

@@ -38,7 +38,7 @@ impl RateLimiter {
         if buckets.len() >= SWEEP_AT {
             buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * per_second < capacity);
         }
-        let bucket = buckets.entry(key(client)).or_insert(Bucket { tokens: capacity, updated: now });
+        let bucket = buckets.entry(client_key(client)).or_insert(Bucket { tokens: capacity, updated: now });
         bucket.tokens = (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * per_second).min(capacity);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
@@ -50,8 +50,9 @@ impl RateLimiter {
     }
 }
 
-/// IPv4 addresses (also IPv4-mapped IPv6 ones) as they are; IPv6 by /64.
-fn key(client: IpAddr) -> IpAddr {
+/// What a client address is counted as: IPv4 addresses (also IPv4-mapped
+/// IPv6 ones) as they are, IPv6 by /64.
+pub fn client_key(client: IpAddr) -> IpAddr {
     match client {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

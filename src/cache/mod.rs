@@ -1,13 +1,16 @@
 //! What flakeforge keeps between requests and across restarts:
 //! layer blobs on disk (bounded, LRU), manifests, configs and layer recipes
-//! on disk (small, kept), and resolved tags in memory.
+//! on disk (small, kept), which image names hold each digest (kept), and
+//! resolved tags in memory.
 
 pub mod blobs;
+pub mod image_names;
 pub mod metadata;
 pub mod resolutions;
 pub mod tags;
 
 pub use blobs::{BlobStore, CacheWriter};
+pub use image_names::ImageNames;
 pub use metadata::{GcRoot, ImageRecord, MetadataStore};
 pub use resolutions::{Resolution, ResolutionStore};
 pub use tags::TagCache;

@@ -222,6 +222,15 @@ pub fn media_type_of(manifest: &[u8]) -> Option<String> {
     value.get("mediaType")?.as_str().map(str::to_string)
 }
 
+/// What a stored manifest points to by digest: an index's manifests, an
+/// image manifest's config and layers (in that order).
+pub fn referenced_digests(manifest: &[u8]) -> Vec<Digest> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(manifest) else { return Vec::new() };
+    let config = value.get("config").into_iter();
+    let listed = ["manifests", "layers"].into_iter().filter_map(|key| value.get(key)?.as_array()).flatten();
+    config.chain(listed).filter_map(|descriptor| descriptor.get("digest")?.as_str()?.parse().ok()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +308,10 @@ mod tests {
         assert_eq!(parsed["config"]["mediaType"], DOCKER_CONFIG);
         assert_eq!(parsed["layers"][0]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
         assert_eq!(parsed["layers"][1]["size"], 102);
+        let config_digest = Digest::of(&config);
+        assert_eq!(referenced_digests(&oci), [config_digest, layers[0].digest.clone(), layers[1].digest.clone()]);
+        let index = index_json(ManifestFormat::Oci, &[(image.platform.clone(), oci.clone())], &none);
+        assert_eq!(referenced_digests(&index), [Digest::of(&oci)]);
+        assert!(referenced_digests(b"not json").is_empty());
     }
 }

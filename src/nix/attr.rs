@@ -1,5 +1,7 @@
 //! From one image-name segment to a flake attribute: `packages.<system>.NAME`,
-//! then `legacyPackages.<system>.NAME`; dots are attribute paths; matched
+//! then `legacyPackages.<system>.NAME` (unless `--no-legacy-packages`: a
+//! nixpkgs' `legacyPackages` is every package of it, days of building for
+//! whoever may name one); dots are attribute paths; matched
 //! case-insensitively when the exact name is absent.
 //!
 //! Every attribute is listed before it is looked up (`builtins.attrNames`
@@ -28,18 +30,44 @@ const CACHED_EVALUATIONS: usize = 4096;
 /// (revision, attribute path, `--apply` function) of an evaluation.
 type EvalKey = (String, String, &'static str);
 
-/// Answers of evaluations of locked flakes, by revision: values, and
-/// failures of the evaluation itself (a `throw`, a missing attribute), which
-/// are as lasting. Waiting in a full queue or a timeout is not an answer.
+/// Where image names are looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupOptions {
+    /// `legacyPackages.<system>` after `packages.<system>` (`--no-legacy-packages` turns it off).
+    pub legacy_packages: bool,
+}
+
+impl Default for LookupOptions {
+    fn default() -> Self {
+        LookupOptions { legacy_packages: true }
+    }
+}
+
+impl LookupOptions {
+    /// The package sets searched, in order.
+    fn package_sets(self) -> &'static [&'static str] {
+        if self.legacy_packages {
+            &["packages", "legacyPackages"]
+        } else {
+            &["packages"]
+        }
+    }
+}
+
+/// How names are looked up, and the answers of evaluations of locked
+/// flakes, by revision: values, and failures of the evaluation itself (a
+/// `throw`, a missing attribute), which are as lasting. Waiting in a full
+/// queue or a timeout is not an answer.
 pub struct Cache {
+    options: LookupOptions,
     answers: Mutex<LruCache<EvalKey, Result<Value, NixError>>>,
     running: Flights<EvalKey, Result<Value, NixError>>,
 }
 
-impl Default for Cache {
-    fn default() -> Self {
+impl Cache {
+    pub fn new(options: LookupOptions) -> Self {
         let capacity = NonZeroUsize::new(CACHED_EVALUATIONS).expect("not zero");
-        Cache { answers: Mutex::new(LruCache::new(capacity)), running: Flights::new() }
+        Cache { options, answers: Mutex::new(LruCache::new(capacity)), running: Flights::new() }
     }
 }
 
@@ -89,9 +117,6 @@ pub struct Package {
     pub has_containers: bool,
 }
 
-/// The package sets searched, in order.
-const PACKAGE_SETS: [&str; 2] = ["packages", "legacyPackages"];
-
 /// The attribute path of the flake's outputs themselves (see
 /// [`Nix::eval_json_exact`]).
 const OUTPUTS: &str = r#""""#;
@@ -132,7 +157,7 @@ pub fn resolve(nix: &Nix, flake: &LockedFlake, system: &str, name: &str) -> Resu
         return Err(not_found());
     }
     let systems = eval_cached(nix, flake, OUTPUTS, SYSTEMS_OF_PACKAGE_SETS)?;
-    for set in PACKAGE_SETS {
+    for &set in nix.attrs.options.package_sets() {
         if !string_list(&systems[set]).iter().any(|s| s == system) {
             continue;
         }

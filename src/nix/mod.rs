@@ -100,8 +100,13 @@ impl Nix {
             timeout,
             scheduler: Arc::new(Scheduler::new(options)),
             work: Arc::new(Work::background()),
-            attrs: Arc::new(attr::Cache::default()),
+            attrs: Arc::new(attr::Cache::new(attr::LookupOptions::default())),
         }
+    }
+
+    /// The same Nix, looking image names up as `options` say (with an attribute cache of its own).
+    pub fn with_lookup(self, options: attr::LookupOptions) -> Nix {
+        Nix { attrs: Arc::new(attr::Cache::new(options)), ..self }
     }
 
     /// The same Nix, running for `work`.

@@ -1,6 +1,7 @@
 //! The registry's request handler: every endpoint of the pull API, with
-//! each value validated before use and every failure rendered as the spec's
-//! JSON error through [`RegistryError`].
+//! each value validated before use, each answer for whom the client is
+//! ([`Identity`]: what it may pull, and whether it may have Nix build), and
+//! every failure rendered as the spec's JSON error through [`RegistryError`].
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use serde_json::json;
 use super::error::{ErrorCode, RegistryError};
 use super::negotiate;
 use super::routes::{route, Route};
+use crate::auth::{Denied, Identity, Right};
 use crate::digest::{Digest, DigestError};
-use crate::http::{Handler, Request, Response, StreamBody};
+use crate::http::{Request, Response, StreamBody};
 use crate::image::artifact::referrers_index;
 use crate::image::manifest::media_type_of;
 use crate::media_type::OCI_INDEX;
@@ -27,7 +29,33 @@ impl Registry {
         Registry { service }
     }
 
-    fn dispatch(&self, request: &Request) -> Result<Response, RegistryError> {
+    /// Answers a request for a path under `/v2`, from `identity`.
+    pub fn handle(&self, request: &Request, identity: &Identity) -> Response {
+        with_api_version(self.dispatch(request, identity).unwrap_or_else(RegistryError::into_response))
+    }
+
+    /// The answer to a request refused before it was dispatched.
+    pub fn refuse(&self, denied: Denied) -> Response {
+        with_api_version(RegistryError::from(denied).into_response())
+    }
+
+    pub fn overloaded(&self) -> Response {
+        RegistryError::new(ErrorCode::TooManyRequests, "too many open connections; try again later")
+            .with_status(503)
+            .into_response()
+    }
+
+    pub fn bad_request(&self, status: u16, message: &str) -> Response {
+        let code = if status >= 500 { ErrorCode::Unknown } else { ErrorCode::Unsupported };
+        RegistryError::new(code, message).with_status(status).into_response()
+    }
+
+    /// The endpoint kind of a path under `/v2`, as the metrics count it.
+    pub fn endpoint_kind(&self, request: &Request) -> &'static str {
+        route(&request.path).kind()
+    }
+
+    fn dispatch(&self, request: &Request, identity: &Identity) -> Result<Response, RegistryError> {
         let route = route(&request.path);
         if request.method != "GET" && request.method != "HEAD" {
             let what = if route == Route::NotFound { "no such endpoint" } else { "this registry is read-only" };
@@ -37,36 +65,63 @@ impl Registry {
             ));
         }
         match route {
-            Route::Base => Ok(json_response(b"{}".to_vec())),
+            Route::Base => {
+                identity.require_login()?;
+                Ok(json_response(b"{}".to_vec()))
+            }
             Route::Catalog => {
-                let names = self.service.catalog(request.peer.ip()).map_err(|e| service_error(e, "the catalog"))?;
+                if !identity.may_some(Right::Pull) {
+                    return Err(identity.refused("may pull no image").into());
+                }
+                let mut names = self.service.catalog(request.peer.ip()).map_err(|e| service_error(e, "the catalog"))?;
+                names.retain(|name| {
+                    RepoName::parse(name).is_some_and(|name| identity.may(Right::Pull, &name.canonical()))
+                });
                 let (names, link) = paginate(names, request)?;
                 Ok(with_link(json_response(serde_json::to_vec(&json!({ "repositories": names })).unwrap()), link))
             }
             Route::Tags { name } => {
                 let name = parse_name(name)?;
+                identity.require(Right::Pull, &name.canonical())?;
                 let tags = self.service.tags(&name, request.peer.ip()).map_err(|e| service_error(e, name.as_str()))?;
                 let (tags, link) = paginate(tags, request)?;
                 let body = json!({ "name": name.as_str(), "tags": tags });
                 Ok(with_link(json_response(serde_json::to_vec(&body).unwrap()), link))
             }
-            Route::Manifest { name, reference } => self.manifest(request, parse_name(name)?, reference),
+            Route::Manifest { name, reference } => {
+                let name = parse_name(name)?;
+                identity.require(Right::Pull, &name.canonical())?;
+                self.manifest(request, identity, name, reference)
+            }
             Route::Blob { name, digest } => {
-                parse_name(name)?;
-                self.blob(request, parse_digest(digest, ErrorCode::BlobUnknown)?)
+                let name = parse_name(name)?;
+                identity.require(Right::Pull, &name.canonical())?;
+                let digest = parse_digest(digest, ErrorCode::BlobUnknown)?;
+                self.require_holder(identity, &digest)?;
+                self.blob(request, digest)
             }
             Route::Referrers { name, digest } => {
-                parse_name(name)?;
-                self.referrers(request, parse_digest(digest, ErrorCode::ManifestUnknown)?)
+                let name = parse_name(name)?;
+                identity.require(Right::Pull, &name.canonical())?;
+                let subject = parse_digest(digest, ErrorCode::ManifestUnknown)?;
+                self.require_holder(identity, &subject)?;
+                self.referrers(request, subject)
             }
             Route::Upload { .. } => Err(RegistryError::new(ErrorCode::Unsupported, "this registry is read-only")),
             Route::NotFound => Err(RegistryError::new(ErrorCode::Unsupported, "no such endpoint").with_status(404)),
         }
     }
 
-    fn manifest(&self, request: &Request, name: RepoName, reference: &str) -> Result<Response, RegistryError> {
+    fn manifest(
+        &self,
+        request: &Request,
+        identity: &Identity,
+        name: RepoName,
+        reference: &str,
+    ) -> Result<Response, RegistryError> {
         let (digest, manifest) = if reference.contains(':') {
             let digest = parse_digest(reference, ErrorCode::ManifestUnknown)?;
+            self.require_holder(identity, &digest)?;
             let manifest = self.service.manifest(&digest).ok_or_else(|| {
                 RegistryError::new(ErrorCode::ManifestUnknown, format!("manifest {digest} is not known here"))
             })?;
@@ -81,11 +136,26 @@ impl Registry {
                 )
             })?;
             if let Some(subject) = tag.referrers_subject() {
+                self.require_holder(identity, &subject)?;
                 return self.referrers_tag(&subject);
             }
-            self.service
-                .tag_manifest(&name, &tag, negotiate::manifest_format(request), request.peer.ip())
-                .map_err(|e| service_error(e, &format!("{name}:{tag}")))?
+            let format = negotiate::manifest_format(request);
+            if identity.may(Right::Build, &name.canonical()) {
+                self.service
+                    .tag_manifest(&name, &tag, format, request.peer.ip())
+                    .map_err(|e| service_error(e, &format!("{name}:{tag}")))?
+            } else {
+                // What is built is all a client that may not build gets: no
+                // Nix runs for it (a manifest lost for good is not built).
+                let digest = self.service.built(&name, &tag).map(|built| built.manifests[&format].clone());
+                match digest.and_then(|digest| Some((digest.clone(), self.service.manifest(&digest)?))) {
+                    Some(found) => found,
+                    None => {
+                        let what = format!("may not build {name}, and {name}:{tag} is not built yet");
+                        return Err(identity.refused(&what).into());
+                    }
+                }
+            }
         };
         let media_type = media_type_of(&manifest).unwrap_or_else(|| crate::media_type::OCI_MANIFEST.to_string());
         Ok(Response::new(200)
@@ -129,6 +199,19 @@ impl Registry {
             .bytes(index))
     }
 
+    /// A manifest or blob by digest only for a client that may pull an
+    /// image holding it, whatever name it is asked under: nobody fetches
+    /// another image's layers by digest. An unknown digest is refused alike.
+    fn require_holder(&self, identity: &Identity, digest: &Digest) -> Result<(), Denied> {
+        if identity.may_every(Right::Pull) {
+            return Ok(());
+        }
+        match self.service.image_names(digest).iter().any(|name| identity.may(Right::Pull, name)) {
+            true => Ok(()),
+            false => Err(identity.refused(&format!("may pull no image that holds {digest}"))),
+        }
+    }
+
     fn blob(&self, request: &Request, digest: Digest) -> Result<Response, RegistryError> {
         let source = self
             .service
@@ -164,29 +247,11 @@ impl Registry {
     }
 }
 
-impl Handler for Registry {
-    fn handle(&self, request: &Request) -> Response {
-        let response = self.dispatch(request).unwrap_or_else(RegistryError::into_response);
-        if response.headers.iter().any(|(n, _)| n == "Docker-Distribution-API-Version") {
-            response
-        } else {
-            response.header("Docker-Distribution-API-Version", "registry/2.0")
-        }
-    }
-
-    fn overloaded(&self) -> Response {
-        RegistryError::new(ErrorCode::TooManyRequests, "too many open connections; try again later")
-            .with_status(503)
-            .into_response()
-    }
-
-    fn bad_request(&self, status: u16, message: &str) -> Response {
-        let code = if status >= 500 { ErrorCode::Unknown } else { ErrorCode::Unsupported };
-        RegistryError::new(code, message).with_status(status).into_response()
-    }
-
-    fn endpoint_kind(&self, request: &Request) -> &'static str {
-        route(&request.path).kind()
+fn with_api_version(response: Response) -> Response {
+    if response.headers.iter().any(|(n, _)| n == "Docker-Distribution-API-Version") {
+        response
+    } else {
+        response.header("Docker-Distribution-API-Version", "registry/2.0")
     }
 }
 

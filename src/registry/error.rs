@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use crate::auth::{self, Denied};
 use crate::http::Response;
 
 /// Error codes of the OCI Distribution Spec that a pull-only registry returns.
@@ -16,6 +17,10 @@ pub enum ErrorCode {
     NameUnknown,
     PaginationNumberInvalid,
     Unsupported,
+    /// No credentials, or wrong ones.
+    Unauthorized,
+    /// Logged in, but without the right.
+    Denied,
     TooManyRequests,
     /// Not in the spec's table, but the code every registry uses for its own faults.
     Unknown,
@@ -32,6 +37,8 @@ impl ErrorCode {
             ErrorCode::NameUnknown => "NAME_UNKNOWN",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Denied => "DENIED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::Unknown => "UNKNOWN",
         }
@@ -45,6 +52,8 @@ impl ErrorCode {
             | ErrorCode::NameInvalid
             | ErrorCode::PaginationNumberInvalid => 400,
             ErrorCode::Unsupported => 405,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Denied => 403,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Unknown => 500,
         }
@@ -97,6 +106,9 @@ impl RegistryError {
         if self.code == ErrorCode::Unsupported {
             response = response.header("Allow", "GET, HEAD");
         }
+        if self.code == ErrorCode::Unauthorized {
+            response = response.header("WWW-Authenticate", auth::CHALLENGE);
+        }
         if self.code == ErrorCode::TooManyRequests || self.status == 503 {
             response = response.header("Retry-After", self.retry_after.unwrap_or(1).to_string());
         }
@@ -106,6 +118,17 @@ impl RegistryError {
             response = response.reason(&format!("Too Many Requests: {}", self.message));
         }
         response.bytes(self.body())
+    }
+}
+
+impl From<Denied> for RegistryError {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthenticated(message) => RegistryError::new(ErrorCode::Unauthorized, message),
+            Denied::Forbidden(message) => RegistryError::new(ErrorCode::Denied, message),
+            Denied::Throttled(wait) => RegistryError::new(ErrorCode::TooManyRequests, denied.to_string())
+                .with_retry_after(auth::retry_after_secs(wait)),
+        }
     }
 }
 
@@ -127,5 +150,18 @@ mod tests {
         assert_eq!(ErrorCode::TooManyRequests.status(), 429);
         assert_eq!(ErrorCode::BlobUnknown.status(), 404);
         assert_eq!(ErrorCode::DigestInvalid.status(), 400);
+        assert_eq!(ErrorCode::Unauthorized.status(), 401);
+        assert_eq!(ErrorCode::Denied.status(), 403);
+    }
+
+    #[test]
+    fn refusals_carry_the_challenge_or_the_wait() {
+        let response = RegistryError::from(Denied::Unauthenticated("authentication required".into())).into_response();
+        assert_eq!(response.status, 401);
+        assert!(response.headers.iter().any(|(n, v)| n == "WWW-Authenticate" && v == auth::CHALLENGE));
+        let response = RegistryError::from(Denied::Throttled(std::time::Duration::from_millis(1500))).into_response();
+        assert_eq!(response.status, 429);
+        assert!(response.headers.iter().any(|(n, v)| n == "Retry-After" && v == "2"));
+        assert_eq!(RegistryError::from(Denied::Forbidden("no".into())).code, ErrorCode::Denied);
     }
 }

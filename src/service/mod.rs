@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cache::{BlobStore, MetadataStore, Resolution, ResolutionStore, TagCache};
+use crate::cache::{BlobStore, ImageNames, MetadataStore, Resolution, ResolutionStore, TagCache};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::image::InvalidImage;
@@ -173,6 +173,8 @@ pub struct Service {
     blobs: BlobStore,
     meta: MetadataStore,
     resolutions: ResolutionStore,
+    /// Which image names hold each digest, for access control.
+    names: ImageNames,
     /// What each (canonical name, tag) is served as now.
     current: TagCache<Resolution>,
     revisions: Revisions,
@@ -190,16 +192,18 @@ const WAITING_PER_SLOT: usize = 16;
 impl Service {
     pub fn open(config: Config) -> io::Result<Arc<Service>> {
         std::fs::create_dir_all(&config.state_dir)?;
-        let nix = Nix::new(config.nix.clone(), config.build_timeout, &config.scheduler);
+        let nix = Nix::new(config.nix.clone(), config.build_timeout, &config.scheduler).with_lookup(config.lookup);
         let max_generations = config.scheduler.max_builds;
         let blobs = BlobStore::open(&config.state_dir, config.cache_size)?;
         let meta = MetadataStore::open(&config.state_dir)?;
         let resolutions = ResolutionStore::open(&config.state_dir)?;
+        let names = ImageNames::open(&config.state_dir)?;
         Ok(Arc::new_cyclic(|me| Service {
             me: me.clone(),
             blobs,
             meta,
             resolutions,
+            names,
             current: TagCache::new(CURRENT_TAGS, Duration::MAX),
             revisions: Revisions::new(&config.flake, config.tag_ttl, config.policy.negative_ttl),
             jobs: Jobs::new(config.policy.negative_ttl),
@@ -217,6 +221,29 @@ impl Service {
 
     fn this(&self) -> Arc<Service> {
         self.me.upgrade().expect("the service outlives its threads' start")
+    }
+
+    /// The image names (canonical) whose images hold `digest`: a manifest,
+    /// a config or a layer. Names are recorded when a tag is resolved.
+    pub fn image_names(&self, digest: &Digest) -> Vec<String> {
+        self.names.names(digest)
+    }
+
+    /// Records that the image `canonical` stands for `manifests`: those,
+    /// the manifests of an index, and their configs and layers.
+    fn record_names(&self, canonical: &str, manifests: &BTreeMap<ManifestFormat, Digest>) {
+        let mut digests: Vec<Digest> = Vec::new();
+        let mut queue: Vec<Digest> = manifests.values().cloned().collect();
+        while let Some(digest) = queue.pop() {
+            if digests.contains(&digest) {
+                continue;
+            }
+            if let Some(manifest) = self.meta.manifest(&digest) {
+                queue.extend(crate::image::manifest::referenced_digests(&manifest));
+            }
+            digests.push(digest);
+        }
+        self.names.add(canonical, &digests);
     }
 
     /// Nix running for a client's request: charged to its rate, queued no

@@ -52,6 +52,19 @@ impl Service {
         job.wait(self.config.policy.deadline()).unwrap_or_else(|| Err(ServiceError::Building(Box::new(job.status()))))
     }
 
+    /// What `name:tag` is built as, without any Nix work and whatever its
+    /// age: the tag's last image, or for a revision tag (40 hex) the image
+    /// built at that revision under any tag. `None` when neither is built.
+    /// For clients that may pull but not build.
+    pub fn built(&self, name: &RepoName, tag: &Tag) -> Option<ResolvedTag> {
+        if let Some(current) = self.current(name, tag) {
+            return Some(ResolvedTag { manifests: current.manifests });
+        }
+        let at_revision = tag.is_revision().then(|| self.revision_key(&name.canonical(), tag.as_str()))?;
+        let stored = self.resolutions.get(&at_revision).filter(|r| self.is_complete(r))?;
+        Some(ResolvedTag { manifests: stored.manifests })
+    }
+
     /// The job for `name:tag`: the running one, or a new one unless the
     /// last failed less than `--negative-ttl` ago (then that failure).
     pub(super) fn start_job(
@@ -87,6 +100,8 @@ impl Service {
             return Some(current);
         }
         let stored = self.resolutions.get(&self.tag_key(&canonical, tag)).filter(|r| self.is_complete(r))?;
+        // Kept from before the names were recorded, perhaps (an upgrade).
+        self.record_names(&canonical, &stored.manifests);
         self.current.insert(&canonical, tag.as_str(), stored.clone(), true);
         Some(stored)
     }
@@ -126,7 +141,9 @@ impl Service {
                 resolution
             }
         };
-        // The switch: from here on the tag is served as this image.
+        // The switch: from here on the tag is served as this image, whose
+        // digests its name may fetch first.
+        self.record_names(&canonical, &resolution.manifests);
         self.resolutions.put(&self.tag_key(&canonical, tag), &resolution);
         self.current.insert(&canonical, tag.as_str(), resolution.clone(), true);
         Ok(ResolvedTag { manifests: resolution.manifests })
@@ -134,7 +151,7 @@ impl Service {
 
     /// Identifies a stored resolution: what it is of, and every setting that changes images.
     fn resolution_key(&self, of: serde_json::Value) -> Digest {
-        let identity = json!({
+        let mut identity = json!({
             "version": RESOLUTION_VERSION,
             "of": of,
             "flake": self.config.flake,
@@ -144,6 +161,10 @@ impl Service {
             // Switched on, what was built without is planned again and attached.
             "sbom": self.config.attest.sbom,
         });
+        // Only when off, so that the keys stored before the setting still hold.
+        if !self.config.lookup.legacy_packages {
+            identity["legacy_packages"] = json!(false);
+        }
         Digest::of(&serde_json::to_vec(&identity).expect("keys serialize"))
     }
 

@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -103,14 +103,6 @@ fn readable_by_others(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 != 0)
 }
 
-/// What changes when a file is replaced or rewritten: device, inode, size
-/// and modification time to the nanosecond (all zero when it is missing).
-pub(crate) fn file_stamp(path: &Path) -> [i64; 5] {
-    fs::metadata(path).map_or([0; 5], |meta| {
-        [meta.dev() as i64, meta.ino() as i64, meta.size() as i64, meta.mtime(), meta.mtime_nsec()]
-    })
-}
-
 fn bad_file(path: &Path, reason: &str) -> TlsError {
     TlsError::BadFile { path: path.to_path_buf(), reason: reason.to_string() }
 }
@@ -178,16 +170,5 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
         fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).unwrap();
         assert!(readable_by_others(&key));
-    }
-
-    #[test]
-    fn stamps_change_when_a_file_is_replaced() {
-        let dir = TestDir::new();
-        let path = dir.path().join("chain.pem");
-        assert_eq!(file_stamp(&path), [0; 5]);
-        write_atomically(&path, b"one", PUBLIC).unwrap();
-        let first = file_stamp(&path);
-        write_atomically(&path, b"two", PUBLIC).unwrap();
-        assert_ne!(file_stamp(&path), first);
     }
 }

@@ -2,37 +2,58 @@
 //! doing ([`crate::service::BuildsStatus`], stable JSON documented in the
 //! README); `GET /-/builds/<id>`: one build; `GET /-/builds/<id>/log`: its
 //! whole log as text, streamed while the build runs.
+//!
+//! Build logs are for those who can start builds: a client sees the builds
+//! of images it may build (an admin all of them), and one with no build
+//! right at all is refused. Another's build is as unknown as a wrong id.
 
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{error, json_response};
+use crate::auth::{Denied, Identity, Right};
 use crate::http::{Response, StreamBody};
 use crate::service::{Job, Service};
 
 /// How long a log reader waits for more before it looks again.
 const LOG_POLL: Duration = Duration::from_secs(1);
 
-pub fn list(service: &Service) -> Response {
-    json_response(200, &service.builds())
+pub fn list(service: &Service, identity: &Identity) -> Result<Response, Denied> {
+    require_some_builds(identity)?;
+    let mut status = service.builds();
+    status.builds.retain(|build| identity.may(Right::Build, &build.image));
+    Ok(json_response(200, &status))
 }
 
-pub fn one(service: &Service, id: &str) -> Response {
-    match service.build(id) {
+pub fn one(service: &Service, identity: &Identity, id: &str) -> Result<Response, Denied> {
+    Ok(match visible(service, identity, id)? {
         Some(job) => json_response(200, &job.status()),
         None => unknown(id),
-    }
+    })
 }
 
-pub fn log(service: &Service, id: &str) -> Response {
-    match service.build(id) {
+pub fn log(service: &Service, identity: &Identity, id: &str) -> Result<Response, Denied> {
+    Ok(match visible(service, identity, id)? {
         Some(job) => Response::new(200)
             .header("Content-Type", "text/plain; charset=utf-8")
             .header("Cache-Control", "no-store")
             .stream(None, Box::new(FollowLog(job))),
         None => unknown(id),
+    })
+}
+
+fn require_some_builds(identity: &Identity) -> Result<(), Denied> {
+    match identity.may_some(Right::Build) {
+        true => Ok(()),
+        false => Err(identity.refused("may build no image, so may see no build")),
     }
+}
+
+/// Build `id` if `identity` may see it.
+fn visible(service: &Service, identity: &Identity, id: &str) -> Result<Option<Arc<Job>>, Denied> {
+    require_some_builds(identity)?;
+    Ok(service.build(id).filter(|job| identity.may(Right::Build, &job.key.0)))
 }
 
 fn unknown(id: &str) -> Response {

@@ -1,10 +1,11 @@
 //! Everything outside the registry API. Under `/-/`, for programs: the
-//! build status ([`builds`]) and the watch's trigger, answered as JSON
-//! (errors as `{"error": "…"}`) or text. For people, the operator's site:
-//! the catalog at `/` ([`catalog`]), an image's page ([`image`], with its
-//! layer chart from [`chart`]), the builds ([`build_pages`]) and the cache
-//! ([`cache_page`]), server-rendered HTML built with [`html`]. And the
-//! Prometheus metrics at `/metrics` ([`metrics`]).
+//! build status ([`builds`]: for clients with the build right on the image,
+//! or admins) and the watch's trigger (admins, or `refresh` in the policy),
+//! answered as JSON (errors as `{"error": "…"}`) or text. For people, the
+//! operator's site: the catalog at `/` ([`catalog`]), an image's page
+//! ([`image`], with its layer chart from [`chart`]), the builds
+//! ([`build_pages`]) and the cache ([`cache_page`]), server-rendered HTML
+//! built with [`html`]. And the Prometheus metrics at `/metrics` ([`metrics`]).
 
 pub mod build_pages;
 pub mod builds;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::auth::{self, Denied, Identity};
 use crate::http::{Request, Response};
 use crate::service::Service;
 
@@ -39,22 +41,41 @@ impl Web {
         Web { service, options }
     }
 
-    /// Answers a request for a path under `/-/`.
-    pub fn handle(&self, request: &Request) -> Response {
+    /// Answers a request for a path under `/-/`, from `identity`.
+    pub fn handle(&self, request: &Request, identity: &Identity) -> Response {
         let path = request.path.strip_prefix("/-/").unwrap_or_default();
         let segments: Vec<&str> = path.split('/').collect();
         let read = matches!(request.method.as_str(), "GET" | "HEAD");
-        match (segments.as_slice(), read) {
-            (["builds"], true) => builds::list(&self.service),
-            (["builds", id], true) => builds::one(&self.service, id),
-            (["builds", id, "log"], true) => builds::log(&self.service, id),
-            (["refresh"], false) if request.method == "POST" => {
+        let answer = match (segments.as_slice(), read) {
+            (["builds"], true) => builds::list(&self.service, identity),
+            (["builds", id], true) => builds::one(&self.service, identity, id),
+            (["builds", id, "log"], true) => builds::log(&self.service, identity, id),
+            (["refresh"], false) if request.method == "POST" => identity.require_refresh().map(|()| {
                 self.service.refresh();
                 json_response(202, &json!({ "refresh": "requested" }))
-            }
+            }),
+            _ => Ok(self.other(&segments, read)),
+        };
+        answer.unwrap_or_else(|denied| self.refuse(denied))
+    }
+
+    /// What is no endpoint, or not for this method.
+    fn other(&self, segments: &[&str], read: bool) -> Response {
+        match (segments, read) {
             (["builds"] | ["builds", _] | ["builds", _, "log"], false) => method_not_allowed("GET, HEAD"),
             (["refresh"], _) => method_not_allowed("POST"),
             _ => error(404, "no such endpoint"),
+        }
+    }
+
+    /// The answer to a request refused, before dispatch or by an endpoint.
+    pub fn refuse(&self, denied: Denied) -> Response {
+        match denied {
+            Denied::Unauthenticated(message) => error(401, &message).header("WWW-Authenticate", auth::CHALLENGE),
+            Denied::Forbidden(message) => error(403, &message),
+            Denied::Throttled(wait) => {
+                error(429, &denied.to_string()).header("Retry-After", auth::retry_after_secs(wait).to_string())
+            }
         }
     }
 

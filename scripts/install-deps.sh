@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what flakeforge's tests, demo and benchmark need on a fresh
 # Debian 12 machine (run as root): Nix, busybox-static, the container
-# clients, Chromium and playwright-core for the browser tests, qemu-user
+# clients, htpasswd (apache2-utils) for the access control tests, Chromium
+# and playwright-core for the browser tests, qemu-user
 # for arm64 images, QEMU and debootstrap for the VM tests (tests/vm/), pigz
 # and zstd (the benchmark's references), the CycloneDX schema validator for
 # the SBOM tests, and an offline Nix configuration.
@@ -29,7 +30,7 @@ install_missing() {
 install_missing \
   nix-bin busybox-static git ca-certificates curl openssl procps python3 python3-venv iproute2 \
   skopeo podman runc docker.io containerd docker-registry qemu-user-static \
-  kmod cpio xz-utils e2fsprogs binutils pigz zstd
+  kmod cpio xz-utils e2fsprogs binutils pigz zstd apache2-utils
 
 # The browser tests (tests/web_browser.rs): Debian's chromium, driven by
 # playwright-core from npm, as locked in tests/browser/package-lock.json.

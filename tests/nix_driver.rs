@@ -269,6 +269,18 @@ fn resolve_finds_packages_by_name() {
 }
 
 #[test]
+fn legacy_packages_can_be_left_out_of_lookups() {
+    let flake = TestFlake::new("resolve-no-legacy", PACKAGES);
+    let nix = nix().with_lookup(attr::LookupOptions { legacy_packages: false });
+    let locked = nix.lock(&flake.path_ref()).unwrap();
+    let resolve = |name: &str| attr::resolve(&nix, &locked, &system(), name);
+    assert_eq!(resolve("cowsay").unwrap().attr_path, format!("packages.{}.cowsay", system()));
+    for name in ["only-legacy", "python3packages.requests", "notapackage"] {
+        assert!(matches!(resolve(name), Err(NixError::AttrNotFound { .. })), "{name}: {:?}", resolve(name));
+    }
+}
+
+#[test]
 fn resolve_reports_conf_and_main_program() {
     let flake = TestFlake::new("resolve-info", PACKAGES);
     let app = flake.resolve("app").unwrap();

@@ -5,6 +5,7 @@
 //! for checking the harness itself. A missing tool fails a test; nothing skips.
 #![allow(dead_code, unused_imports)]
 
+pub mod auth;
 pub mod clients;
 pub mod flake;
 pub mod image_kinds;

@@ -7,7 +7,9 @@
 #
 # prints the list of differences: `[]` when the module's service has every
 # shared setting with the same value, and no hardening of its own that the
-# file lacks. Both for a port above 1024 and for one below (privilegedPort).
+# file lacks. Both for a port above 1024 and for one below (privilegedPort);
+# and, with access control on, that the htpasswd file reaches the service as
+# a credential and the policy file is rendered as the server reads it.
 # tests/systemd_unit.rs runs it.
 let
   shared = builtins.fromJSON (builtins.readFile ./service.json);
@@ -20,6 +22,7 @@ let
       "ExecReload"
       "EnvironmentFile"
       "SupplementaryGroups"
+      "LoadCredential"
     ];
     environment = [
       "RUST_LOG"
@@ -44,6 +47,8 @@ let
       enum = values: values;
       either = a: b: [ a b ];
       listOf = t: [ t ];
+      attrsOf = t: [ t ];
+      submodule = module: module;
       nonEmptyListOf = t: [ t ];
       nullOr = t: [ t ];
       strMatching = regex: regex;
@@ -52,14 +57,23 @@ let
     optional = condition: value: if condition then [ value ] else [ ];
     optionals = condition: values: if condition then values else [ ];
     optionalAttrs = condition: attrs: if condition then attrs else { };
+    optionalString = condition: string: if condition then string else "";
     concatMap = f: list: builtins.concatLists (map f list);
     all = builtins.all;
     hasInfix = infix: s: builtins.match ".*${infix}.*" s != null;
     hasPrefix = prefix: s: builtins.substring 0 (builtins.stringLength prefix) s == prefix;
+    # For the check itself: whether `s` holds `needle`, taken literally.
+    contains = needle: s: builtins.replaceStrings [ needle ] [ "" ] s != s;
+  };
+
+  noAuth = {
+    htpasswdFile = null;
+    policy = null;
+    allowAnonymousPull = false;
   };
 
   service =
-    port:
+    port: auth:
     let
       cfg = {
         enable = true;
@@ -84,6 +98,7 @@ let
         logLevel = "info";
         extraArgs = [ ];
         environmentFile = null;
+        inherit auth;
       };
       module = import ./module.nix {
         lib = stub;
@@ -101,6 +116,8 @@ let
           git = "/git";
           writeTextDir = name: _text: "/${name}";
           writeShellScriptBin = name: _text: "/${name}";
+          # The text goes into the path, so that the check can read it.
+          writeText = name: text: "/${name}=${text}";
         };
         utils.escapeSystemdExecArgs = builtins.concatStringsSep " ";
       };
@@ -141,5 +158,37 @@ let
       )
       ++ map (name: "${label}: ${section}.${name} is set by the module alone: put it into nixos/service.json") extra
     ) [ "serviceConfig" "environment" ];
+  # With an htpasswd file and anonymous pulls: the file as a credential, and
+  # the policy the server would use without one, plus anonymous pulls.
+  withAuth = service 5000 (
+    noAuth
+    // {
+      htpasswdFile = "/run/secrets/htpasswd";
+      allowAnonymousPull = true;
+    }
+  );
+  policyJson = builtins.toJSON {
+    anonymous.pull = [ "**" ];
+    authenticated = {
+      pull = [ "**" ];
+      build = [ "**" ];
+      admin = true;
+      refresh = true;
+    };
+    users = { };
+  };
+  execStart = withAuth.serviceConfig.ExecStart;
+  authProblems =
+    stub.optional (withAuth.serviceConfig.LoadCredential or null != [ "htpasswd:/run/secrets/htpasswd" ])
+      "auth: LoadCredential is ${builtins.toJSON (withAuth.serviceConfig.LoadCredential or null)}"
+    ++ stub.optional (builtins.match ".* --htpasswd %d/htpasswd" execStart == null)
+      "auth: ExecStart does not end in --htpasswd %d/htpasswd: ${execStart}"
+    ++ stub.optional (!stub.contains "--policy /flakeforge-policy.json=${policyJson} " execStart)
+      "auth: ExecStart has not the policy ${policyJson}: ${execStart}"
+    ++ stub.optional ((service 5000 noAuth).serviceConfig ? LoadCredential)
+      "auth: LoadCredential without an htpasswd file";
 in
-compare "port 5000" (service 5000) (expected false) ++ compare "port 443" (service 443) (expected true)
+compare "port 5000" (service 5000 noAuth) (expected false)
+++ compare "port 443" (service 443 noAuth) (expected true)
+++ compare "port 5000 with access control" withAuth (expected false)
+++ authProblems

@@ -113,6 +113,7 @@ let
       system
     ]) cfg.systems
   )
+  ++ authArgs
   ++ cfg.extraArgs;
 
   # Prints the CA certificate clients must trust. It only reads: `flakeforge
@@ -132,6 +133,95 @@ let
   '';
 
   isAbsolute = path: path == null || lib.hasPrefix "/" path;
+
+  # What each part of auth.policy grants (the policy file's format, README
+  # "Access control").
+  rightsType = types.submodule {
+    options = {
+      pull = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "hello" "tools/*" ];
+        description = "Glob patterns of image names that may be pulled once built (`*` within a segment, `**` across).";
+      };
+      build = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "**" ];
+        description = "Glob patterns of image names that may be built (a new image, tag or composition); implies pull.";
+      };
+      admin = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Every right, all builds and their logs, and `POST /-/refresh`.";
+      };
+      refresh = mkOption {
+        type = types.bool;
+        default = false;
+        description = "May ask the server to look at the flake now (`POST /-/refresh`, the git hook).";
+      };
+    };
+  };
+
+  policyType = types.submodule {
+    options = {
+      anonymous = mkOption {
+        type = rightsType;
+        default = { };
+        description = "The rights of every client, logged in or not.";
+      };
+      authenticated = mkOption {
+        type = rightsType;
+        default = { };
+        description = "The rights of every user of the htpasswd file, on top of anonymous's.";
+      };
+      users = mkOption {
+        type = types.attrsOf rightsType;
+        default = { };
+        description = "The rights of each user, on top of authenticated's.";
+      };
+    };
+  };
+
+  everything = {
+    pull = [ "**" ];
+    build = [ "**" ];
+    admin = true;
+    refresh = true;
+  };
+
+  # Without auth.policy the server's own default: with an htpasswd file,
+  # its users may do everything (and anonymous clients nothing).
+  basePolicy =
+    if cfg.auth.policy != null then
+      cfg.auth.policy
+    else
+      {
+        anonymous = { };
+        authenticated = if cfg.auth.htpasswdFile != null then everything else { };
+        users = { };
+      };
+
+  effectivePolicy =
+    basePolicy
+    // lib.optionalAttrs cfg.auth.allowAnonymousPull {
+      anonymous = basePolicy.anonymous // {
+        pull = (basePolicy.anonymous.pull or [ ]) ++ [ "**" ];
+      };
+    };
+
+  writesPolicy = cfg.auth.policy != null || cfg.auth.allowAnonymousPull;
+  policyFile = pkgs.writeText "flakeforge-policy.json" (builtins.toJSON effectivePolicy);
+
+  authArgs = lib.optionals writesPolicy [
+    "--policy"
+    "${policyFile}"
+  ];
+
+  # The htpasswd file reaches the dynamic user as a credential (a copy made
+  # by systemd at start, readable by the service alone); `%d` is the
+  # credentials directory, a systemd specifier: outside the escaped args.
+  htpasswdArg = lib.optionalString (cfg.auth.htpasswdFile != null) " --htpasswd %d/htpasswd";
 in
 {
   options.services.flakeforge = {
@@ -356,6 +446,59 @@ in
       '';
     };
 
+    auth = {
+      htpasswdFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/flakeforge-htpasswd";
+        description = ''
+          An Apache htpasswd file of bcrypt entries (`htpasswd -B`) whose
+          users log in to pull and build (`--htpasswd`); with it, clients
+          that do not log in may do nothing unless {option}`auth.policy` or
+          {option}`auth.allowAnonymousPull` say otherwise, and without
+          {option}`auth.policy` every user may do everything. An absolute
+          path read when the service starts, never a Nix path (that would
+          copy the secret into the world-readable store): it may be
+          readable by root alone, systemd hands the service a copy
+          (`LoadCredential`). After changing it, restart the service:
+          the copy is made at start.
+        '';
+      };
+
+      policy = mkOption {
+        type = types.nullOr policyType;
+        default = null;
+        example = literalExpression ''
+          {
+            anonymous.pull = [ "motd" ];
+            authenticated.pull = [ "**" ];
+            users.alice.admin = true;
+            users.ci = { build = [ "app-*" ]; refresh = true; };
+          }
+        '';
+        description = ''
+          Who may pull and who may build which images (`--policy`, rendered
+          to JSON): glob patterns of image names for `anonymous` clients,
+          every `authenticated` user and each of `users`, whose rights add
+          up. Without it: with {option}`auth.htpasswdFile` every user may do
+          everything, anonymous clients nothing; without either, anyone may
+          do anything.
+        '';
+      };
+
+      allowAnonymousPull = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Let clients that do not log in pull every image that is built
+          (adds `**` to `anonymous.pull`); building stays with the users
+          the policy allows. Kubernetes nodes pull without imagePullSecrets
+          then. docker is the exception: it sends no anonymous requests to
+          a registry that asks for a login, so docker users log in.
+        '';
+      };
+    };
+
     environmentFile = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -407,8 +550,21 @@ in
           cfg.tls.certFile
           cfg.tls.keyFile
           cfg.environmentFile
+          cfg.auth.htpasswdFile
         ];
-        message = "services.flakeforge.tls.certFile, tls.keyFile and environmentFile must be absolute paths.";
+        message = "services.flakeforge.tls.certFile, tls.keyFile, environmentFile and auth.htpasswdFile must be absolute paths.";
+      }
+      {
+        assertion =
+          cfg.auth.htpasswdFile != null && cfg.tls.mode == "off" -> builtins.elem "--allow-insecure-auth" cfg.extraArgs;
+        message = ''
+          services.flakeforge.auth.htpasswdFile with tls.mode = "off" would send passwords readable on the way:
+          serve HTTPS (tls.mode), or add "--allow-insecure-auth" to extraArgs behind a proxy that does TLS.
+        '';
+      }
+      {
+        assertion = cfg.auth.allowAnonymousPull -> (cfg.auth.htpasswdFile != null || cfg.auth.policy != null);
+        message = "services.flakeforge.auth.allowAnonymousPull: without auth.htpasswdFile or auth.policy anyone may pull (and build) already.";
       }
     ];
 
@@ -449,11 +605,13 @@ in
       };
 
       serviceConfig = {
-        ExecStart = utils.escapeSystemdExecArgs args;
+        ExecStart = utils.escapeSystemdExecArgs args + htpasswdArg;
         # Re-reads tls.certFile and tls.keyFile at once (it also notices
-        # changed files by itself within a second).
+        # changed files by itself within a second); not auth.htpasswdFile,
+        # whose copy systemd makes at start.
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         EnvironmentFile = mkIf (cfg.environmentFile != null) cfg.environmentFile;
+        LoadCredential = mkIf (cfg.auth.htpasswdFile != null) [ "htpasswd:${cfg.auth.htpasswdFile}" ];
 
         SupplementaryGroups =
           cfg.supplementaryGroups

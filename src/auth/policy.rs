@@ -284,6 +284,13 @@ mod tests {
         let policy = Policy::parse(json, true).unwrap();
         assert!(policy.allows(None, Right::Pull, "motd") && policy.allows(Some("bob"), Right::Build, "app-x"));
         assert_eq!(policy.user_names().collect::<Vec<_>>(), ["bob"]);
+        // As the NixOS module renders it: every field of every section.
+        let rendered = r#"{"anonymous":{"admin":false,"build":[],"pull":["**"],"refresh":false},
+            "authenticated":{"admin":false,"build":["**"],"pull":[],"refresh":false},
+            "users":{"ci":{"admin":false,"build":[],"pull":[],"refresh":true}}}"#;
+        let policy = Policy::parse(rendered, true).unwrap();
+        assert!(policy.allows(None, Right::Pull, "a/b") && !policy.allows(None, Right::Build, "a"));
+        assert!(policy.allows(Some("x"), Right::Build, "a") && policy.may_refresh(Some("ci")));
     }
 
     #[test]

@@ -216,7 +216,6 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             config.state_dir.display()
         );
     }
-    let guard = Guard::open(&auth)?;
     let make_transport = if config.tls {
         let options = TlsOptions {
             state_dir: config.state_dir.clone(),
@@ -232,6 +231,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let listeners = config.listen.iter().map(|addr| bind(*addr)).collect::<Result<Vec<_>, _>>()?;
     let metrics_listener = metrics_listen.map(bind).transpose()?;
     let limits = config.limits.clone();
+    let guard = Guard::open(&auth)?;
     // The bound addresses: a port 0 in --listen becomes the port the system chose.
     let bound: Vec<String> = listeners
         .iter()

@@ -191,11 +191,6 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Anyone, when there is no access control (for tests and tools).
-    pub fn unrestricted() -> Identity {
-        Identity { user: None, policy: Arc::new(Policy::open()), can_log_in: false }
-    }
-
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
     }

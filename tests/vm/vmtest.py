@@ -10,7 +10,10 @@ nix-daemon; the running service's settings are compared with
 nixos/service.json. A `client` guest trusts the CA that `flakeforge ca`
 printed and pulls and runs images with podman (`latest` and a git tag) and
 docker; the registry restarts and a digest pulled before is pulled again;
-`systemctl reload` makes it read its certificate files again.
+`systemctl reload` makes it read its certificate files again; with access
+control as README.md's Debian section says (the htpasswd file, readable by
+root alone, handed to the dynamic user with LoadCredential), podman is
+refused until it logs in.
 
 aarch64: an arm64 guest pulls the multi-architecture `arch` image from a
 flakeforge on this host (serving x86_64-linux and aarch64-linux; the host's
@@ -464,6 +467,41 @@ def reload(registry, client):
     client.succeed("curl -sf --cacert /mnt/host/ca.crt https://registry:5000/v2/")
 
 
+@step("access control: the htpasswd file as a credential, podman logs in")
+def access_control(registry, client):
+    password = "vm-secret-password"
+    entry = subprocess.run(["htpasswd", "-nbB", "alice", password], check=True, capture_output=True, text=True)
+    registry.put("htpasswd", entry.stdout)
+    registry.succeed(
+        r"""
+        set -e
+        install -d -m 0700 /etc/flakeforge
+        install -m 0600 /mnt/host/htpasswd /etc/flakeforge/htpasswd
+        mkdir -p /etc/systemd/system/flakeforge.service.d
+        printf '[Service]\nLoadCredential=htpasswd:/etc/flakeforge/htpasswd\n' > /etc/systemd/system/flakeforge.service.d/auth.conf
+        sed -i 's|^FLAKEFORGE_ARGS="\(.*\)"$|FLAKEFORGE_ARGS="\1 --htpasswd /run/credentials/flakeforge.service/htpasswd"|' /etc/default/flakeforge
+        systemctl daemon-reload
+        systemctl restart flakeforge
+        """
+    )
+    registry.wait_until_succeeds("[ $(curl -sk -o /dev/null -w '%{http_code}' https://localhost:5000/v2/) = 401 ]", timeout=300)
+    out = client.succeed(
+        f"""
+        set -e
+        podman rmi -af >/dev/null
+        if podman pull -q registry:5000/hello >/dev/null 2>&1; then echo "pulled without logging in"; exit 1; fi
+        podman login -u alice -p {password} registry:5000
+        podman pull -q registry:5000/hello >/dev/null
+        podman run --rm --network none registry:5000/hello
+        """,
+        timeout=600,
+    )
+    if out.strip().splitlines()[-1] != "Hello from flakeforge (x86_64)":
+        raise TestFailure(f"podman run hello after logging in printed: {out}\n{service_log(registry)}")
+    if password in service_log(registry):
+        raise TestFailure("the password is in the service's journal")
+
+
 # Units a guest of the role does not need, kept from starting at boot (CPU
 # time is scarce under emulation).
 UNNEEDED = ["podman-auto-update.timer", "podman-auto-update.service", "podman-restart.service"]
@@ -495,6 +533,7 @@ def test_x86_64(work, flakeforge, image):
         docker_pull(registry, client)
         restart(registry, client, digest)
         reload(registry, client)
+        access_control(registry, client)
         return boot
     except TestFailure:
         for guest in guests:

@@ -217,7 +217,6 @@ fn failed_logins_from_one_address_are_throttled_and_another_address_is_not() {
     println!("200 wrong passwords in {elapsed:.1?}: {checked} checked (401), {throttled} refused unchecked (429)");
     assert_eq!(checked + throttled, 200, "{statuses:?}");
     assert!(statuses[..10].iter().all(|&s| s == 401), "the first ten failures are free: {statuses:?}");
-    assert_eq!(statuses[199], 429, "{statuses:?}");
     // Each check past the free ones doubles the wait: in the time the 200
     // took, at most log2 of it in seconds more were checked.
     let bound = 10 + 2 + (elapsed.as_secs_f64() + 1.0).log2().ceil() as usize;

@@ -12,7 +12,7 @@ use std::fmt;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,9 @@ impl<S: Source + ?Sized> Source for Box<S> {
 /// A value of `S`, loaded again when `S` changes.
 pub struct Reloading<S: Source> {
     source: S,
+    /// SIGHUPs so far ([`crate::signals`]: installing it makes SIGHUP mean
+    /// "look at the files again" instead of ending the process).
+    hangups: &'static AtomicU64,
     state: Mutex<State<S::Value>>,
 }
 
@@ -65,17 +68,18 @@ struct State<V> {
 impl<S: Source> Reloading<S> {
     /// Loads the source once; its error here is the caller's to report.
     pub fn new(source: S) -> Result<Reloading<S>, S::Error> {
-        let hangups = hangups();
+        let hangup_counter = crate::signals::counter(libc::SIGHUP);
+        let hangups = hangup_counter.load(Ordering::Relaxed);
         let stamp = source.stamp();
         let current = Arc::new(source.load()?);
         let state = State { current, stamp, checked: Instant::now(), hangups };
-        Ok(Reloading { source, state: Mutex::new(state) })
+        Ok(Reloading { source, hangups: hangup_counter, state: Mutex::new(state) })
     }
 
     /// The value now: loaded again first if the source changed.
     pub fn current(&self) -> Arc<S::Value> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let hangups = hangups();
+        let hangups = self.hangups.load(Ordering::Relaxed);
         let hangup = hangups != state.hangups;
         if hangup || state.checked.elapsed() >= CHECK_INTERVAL {
             state.checked = Instant::now();
@@ -105,12 +109,6 @@ impl<S: Source> fmt::Debug for Reloading<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Reloading({})", self.source.what())
     }
-}
-
-/// SIGHUPs so far. The first call makes SIGHUP mean "look at the files
-/// again" instead of ending the process (see [`crate::signals`]).
-fn hangups() -> u64 {
-    crate::signals::counter(libc::SIGHUP).load(Ordering::Relaxed)
 }
 
 /// One file, read by `read` (whose errors name the file).

@@ -102,6 +102,9 @@ fn pulls_builds_digests_and_build_logs_follow_the_policy() {
     assert_refused(&https.get("/v2/hello/manifests/latest", None), 401, "anonymous clients may not pull hello");
     assert_refused(&https.get("/v2/motd/manifests/latest", None), 401, "anonymous clients may not build motd");
     assert_refused(&https.get("/v2/hello/manifests/latest", carol), 403, "user carol may not pull hello");
+    // Whether a name exists makes no difference to a refusal.
+    let missing = https.get("/v2/no-such-image/manifests/latest", carol);
+    assert_refused(&missing, 403, "user carol may not pull no-such-image");
     assert_eq!(server.nix_builds(), 0, "a client without the build right made Nix build");
 
     // Once someone who may build has, it is served to those who may pull it.

@@ -26,13 +26,16 @@ impl App {
 
 impl Handler for App {
     fn handle(&self, request: &Request) -> Response {
+        // Refusals come as each part answers errors: JSON under `/-/`, a
+        // page for people, the spec's error body under `/v2/`.
         let identity = self.guard.identify(request);
-        match (request.path.starts_with("/-/"), identity) {
-            (true, Ok(identity)) => self.web.handle(request, &identity),
-            (true, Err(denied)) => self.web.refuse(denied),
-            (false, Ok(_)) if Web::serves(&request.path) => self.web.page(request),
-            (false, Ok(identity)) => self.registry.handle(request, &identity),
-            (false, Err(denied)) => self.registry.refuse(denied),
+        if request.path.starts_with("/-/") {
+            identity.map_or_else(Web::refuse, |identity| self.web.handle(request, &identity))
+        } else if Web::serves(&request.path) {
+            identity.map_or_else(Web::refuse_page, |identity| self.web.page(request, &identity))
+        } else {
+            identity
+                .map_or_else(|denied| self.registry.refuse(denied), |identity| self.registry.handle(request, &identity))
         }
     }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::auth::{basic, Htpasswd, Https};
 use common::clients::{skopeo, Containerd, Dockerd, Podman};
 use common::flake::HELLO;
-use common::server::HttpResponse;
-use common::{run_capture, wait_until, FlakeforgeServer, TestDir, TestFlake};
+use common::server::{http_request, HttpResponse};
+use common::{free_port, run_capture, wait_until, FlakeforgeServer, TestDir, TestFlake};
 
 /// The passwords of the tests' users: none may appear in the server's log.
 const ALICE: (&str, &str) = ("alice", "alice-secret-1");
@@ -201,6 +201,70 @@ fn pulls_builds_digests_and_build_logs_follow_the_policy() {
     assert!(hook(bob).contains("refused the refresh (403)"), "{}", hook(bob));
     assert!(hook(None).contains("refused the refresh (401)"), "{}", hook(None));
 
+    // The web pages and /metrics: each sees what it may; browsers get the challenge.
+    let page = |path: &str, login| {
+        let response = https.get(path, login);
+        let text = String::from_utf8_lossy(&response.body).into_owned();
+        assert_eq!(response.header("content-type"), Some("text/html; charset=utf-8"), "{path}: {text}");
+        (response, text)
+    };
+    for path in ["/builds", "/cache", "/metrics", "/images/hello", &format!("/builds/{motd_build}")] {
+        let (refused, text) = page(path, None);
+        assert_eq!(refused.status, 401, "{path}: {text}");
+        assert_eq!(refused.header("www-authenticate"), Some("Basic realm=\"flakeforge\""), "{path}");
+    }
+    let (refused, text) = page("/", Some(("bob", "wrong")));
+    assert_eq!((refused.status, refused.header("www-authenticate").is_some()), (401, true), "{text}");
+    let catalog_page = |login| {
+        let (response, text) = page("/", login);
+        assert_eq!(response.status, 200, "{text}");
+        let names: Vec<String> =
+            text.split("data-image=\"").skip(1).map(|rest| rest.split('"').next().unwrap().to_string()).collect();
+        (names, text)
+    };
+    assert_eq!(catalog_page(None).0, ["motd"], "anonymous clients see the images they may pull");
+    let (names, text) = catalog_page(bob);
+    assert_eq!(names, ["hello", "motd"]);
+    assert!(!text.contains("href=\"/builds/"), "bob may not see builds: {text}");
+    let (names, text) = catalog_page(carol);
+    assert_eq!(names, ["motd"]);
+    assert!(text.contains("href=\"/builds/"), "carol sees the last build of motd: {text}");
+    let (names, _) = catalog_page(alice);
+    assert!(names.len() > 5 && names.contains(&"hello".to_string()), "{names:?}");
+    for (path, what) in [("/cache", "the cache"), ("/metrics", "the metrics"), ("/builds", "no build")] {
+        let (refused, text) = page(path, bob);
+        assert_eq!(refused.status, 403, "{path}: {text}");
+        assert!(text.contains("user bob may") && text.contains(what), "{path}: {text}");
+    }
+    let (refused, text) = page("/images/hello", carol);
+    assert!(refused.status == 403 && text.contains("user carol may not pull hello"), "{text}");
+    // Layers shared with images the client may not pull do not name them.
+    let (motd_page, text) = page("/images/motd", carol);
+    assert_eq!(motd_page.status, 200, "{text}");
+    assert!(!text.contains(">hello:latest<"), "carol sees that hello shares a layer: {text}");
+    assert!(page("/images/motd", alice).1.contains(">hello:latest<"), "alice sees the layer shared with hello");
+    let (builds_page, text) = page("/builds", carol);
+    assert_eq!(builds_page.status, 200);
+    assert!(text.contains(&motd_build) && !text.contains(&hello_build), "{text}");
+    assert_eq!(page(&format!("/builds/{hello_build}"), carol).0.status, 404);
+    assert_eq!(page(&format!("/builds/{motd_build}"), carol).0.status, 200);
+    let text = page("/builds", alice).1;
+    assert!(text.contains(&motd_build) && text.contains(&hello_build), "{text}");
+    assert_eq!(page("/cache", alice).0.status, 200);
+    // Refusals are counted by endpoint like any answer.
+    let metrics = || String::from_utf8(https.get("/metrics", alice).body).unwrap();
+    for series in [
+        "flakeforge_http_requests_total{endpoint=\"web\",status=\"401\"}",
+        "flakeforge_http_requests_total{endpoint=\"web\",status=\"403\"}",
+        "flakeforge_http_requests_total{endpoint=\"metrics\",status=\"401\"}",
+        "flakeforge_http_requests_total{endpoint=\"metrics\",status=\"403\"}",
+        "flakeforge_http_requests_total{endpoint=\"manifest\",status=\"403\"}",
+        "flakeforge_http_requests_total{endpoint=\"blob\",status=\"401\"}",
+        "flakeforge_http_requests_total{endpoint=\"builds\",status=\"403\"}",
+    ] {
+        wait_until(30, series, || metrics().lines().any(|line| line.starts_with(&format!("{series} "))));
+    }
+
     assert_no_secrets(&server, &[ALICE.1, BOB.1, CAROL.1, CI.1]);
 }
 
@@ -313,9 +377,18 @@ fn bad_access_control_settings_stop_the_start_in_one_line() {
     assert!(refused.contains("anonymous: pull: \"Hello\" is not a pattern"), "{refused}");
 
     // Behind a proxy that does TLS, plain HTTP may carry passwords when asked to.
-    let server = FlakeforgeServer::start(flake.path(), &["--htpasswd", users.arg(), "--allow-insecure-auth"]);
-    assert_eq!(server.request("GET", "/v2/", &[("Authorization", &basic(ALICE.0, ALICE.1))]).status, 200);
+    // The --metrics-listen address, bound privately, asks for none.
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let args = ["--htpasswd", users.arg(), "--allow-insecure-auth", "--metrics-listen", &metrics_addr];
+    let server = FlakeforgeServer::start(flake.path(), &args);
+    let credentials = basic(ALICE.0, ALICE.1);
+    let alice = [("Authorization", credentials.as_str())];
+    assert_eq!(server.request("GET", "/v2/", &alice).status, 200);
     assert_eq!(server.get("/v2/").status, 401);
+    let page = server.get("/");
+    assert_eq!((page.status, page.header("www-authenticate")), (401, Some("Basic realm=\"flakeforge\"")));
+    assert_eq!(server.request("GET", "/", &alice).status, 200);
+    assert_eq!(http_request(metrics_addr.parse().unwrap(), "GET", "/metrics", &[]).status, 200);
 }
 
 #[test]

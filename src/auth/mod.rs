@@ -29,6 +29,7 @@ use policy::Policy;
 use throttle::Throttle;
 
 use crate::http::Request;
+use crate::reference::RepoName;
 use crate::reload::{FileSource, Reloading};
 
 /// The `WWW-Authenticate` value of every `401`: what docker, podman,
@@ -229,6 +230,20 @@ impl Identity {
             true => Err(Denied::Unauthenticated("authentication required".into())),
             false => Ok(()),
         }
+    }
+
+    /// For what only admins see (`what`: the metrics, the cache).
+    pub fn require_admin(&self, what: &str) -> Result<(), Denied> {
+        match self.is_admin() {
+            true => Ok(()),
+            false => Err(self.refused(&format!("may not see {what} (that needs admin)"))),
+        }
+    }
+
+    /// Keeps, of image names as listed (`_catalog`, the web catalog), those
+    /// it may pull.
+    pub fn retain_pullable(&self, names: &mut Vec<String>) {
+        names.retain(|name| RepoName::parse(name).is_some_and(|name| self.may(Right::Pull, &name.canonical())));
     }
 
     /// For `POST /-/refresh`: `admin`, or `refresh` in the policy.

@@ -74,9 +74,7 @@ impl Registry {
                     return Err(identity.refused("may pull no image").into());
                 }
                 let mut names = self.service.catalog(request.peer.ip()).map_err(|e| service_error(e, "the catalog"))?;
-                names.retain(|name| {
-                    RepoName::parse(name).is_some_and(|name| identity.may(Right::Pull, &name.canonical()))
-                });
+                identity.retain_pullable(&mut names);
                 let (names, link) = paginate(names, request)?;
                 Ok(with_link(json_response(serde_json::to_vec(&json!({ "repositories": names })).unwrap()), link))
             }

@@ -2,13 +2,16 @@
 //! live tail of its log), queued, failed lately (with the end of their
 //! logs) and succeeded lately; `GET /builds/<id>`: one build with its whole
 //! log, followed live while it runs. The same data as `/-/builds`, whose
-//! log endpoint the page's script streams.
+//! log endpoint the page's script streams, for the same clients: the
+//! builds of images they may build (admins: all).
 
 use std::fmt::Write;
 use std::time::Duration;
 
+use super::builds::{visible, visible_builds};
 use super::catalog::state_name;
 use super::html::{self, escape, url_part, Section};
+use crate::auth::{Denied, Identity};
 use crate::http::Response;
 use crate::service::{BuildStatus, BuildsStatus, JobState, Service};
 
@@ -17,8 +20,9 @@ const TAIL_LINES: usize = 10;
 /// How often the list reloads while builds wait and none streams a log.
 const RELOAD_SECS: u32 = 5;
 
-pub fn list(service: &Service) -> Response {
-    let BuildsStatus { builds, nix } = service.builds();
+/// The builds `identity` may see (as `/-/builds` lists them).
+pub fn list(service: &Service, identity: &Identity) -> Result<Response, Denied> {
+    let BuildsStatus { builds, nix } = visible_builds(service, identity)?;
     let in_state = |states: &[JobState]| builds.iter().filter(|b| states.contains(&b.state)).collect::<Vec<_>>();
     let (running, queued) = (in_state(&[JobState::Running]), in_state(&[JobState::Queued, JobState::Resolving]));
     let (failed, succeeded) = (in_state(&[JobState::Failed]), in_state(&[JobState::Succeeded]));
@@ -61,7 +65,7 @@ pub fn list(service: &Service) -> Response {
         body.push_str("</tbody></table></div>");
     }
     body.push_str("<p class=\"muted\">Finished builds stay listed for a while (the last 100).</p>");
-    html::page(200, "Builds", Some(Section::Builds), &body)
+    Ok(html::page(200, "Builds", Some(Section::Builds), &body))
 }
 
 /// A heading and a card per build (with the end of its log if `log`), or `empty`.
@@ -119,9 +123,10 @@ fn progress(build: &BuildStatus) -> String {
     }
 }
 
-pub fn one(service: &Service, id: &str) -> Response {
-    let Some(job) = service.build(id) else {
-        return html::error_page(404, &format!("no build {id} (finished builds are listed for a while only)"));
+/// Build `id`, if `identity` may see it (another's is as unknown as a wrong id).
+pub fn one(service: &Service, identity: &Identity, id: &str) -> Result<Response, Denied> {
+    let Some(job) = visible(service, identity, id)? else {
+        return Ok(html::error_page(404, &format!("no build {id} (finished builds are listed for a while only)")));
     };
     let build = job.status();
     let log = job.log_from(0, Duration::ZERO);
@@ -165,5 +170,5 @@ pub fn one(service: &Service, id: &str) -> Response {
         escape(&log.text),
         live = if log.finished { "" } else { " · follows the build while it runs" },
     );
-    html::page(200, &title, Some(Section::Builds), &body)
+    Ok(html::page(200, &title, Some(Section::Builds), &body))
 }

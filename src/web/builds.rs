@@ -14,16 +14,13 @@ use std::time::Duration;
 use super::{error, json_response};
 use crate::auth::{Denied, Identity, Right};
 use crate::http::{Response, StreamBody};
-use crate::service::{Job, Service};
+use crate::service::{BuildStatus, BuildsStatus, Job, Service};
 
 /// How long a log reader waits for more before it looks again.
 const LOG_POLL: Duration = Duration::from_secs(1);
 
 pub fn list(service: &Service, identity: &Identity) -> Result<Response, Denied> {
-    require_some_builds(identity)?;
-    let mut status = service.builds();
-    status.builds.retain(|build| identity.may(Right::Build, &build.image));
-    Ok(json_response(200, &status))
+    Ok(json_response(200, &visible_builds(service, identity)?))
 }
 
 pub fn one(service: &Service, identity: &Identity, id: &str) -> Result<Response, Denied> {
@@ -50,8 +47,21 @@ fn require_some_builds(identity: &Identity) -> Result<(), Denied> {
     }
 }
 
+/// Of `builds`, those `identity` may see: of images it may build.
+pub(super) fn seen_by(identity: &Identity, mut builds: Vec<BuildStatus>) -> Vec<BuildStatus> {
+    builds.retain(|build| identity.may(Right::Build, &build.image));
+    builds
+}
+
+/// The build status for `identity` (the list and pages of builds), or why not.
+pub(super) fn visible_builds(service: &Service, identity: &Identity) -> Result<BuildsStatus, Denied> {
+    require_some_builds(identity)?;
+    let BuildsStatus { builds, nix } = service.builds();
+    Ok(BuildsStatus { builds: seen_by(identity, builds), nix })
+}
+
 /// Build `id` if `identity` may see it.
-fn visible(service: &Service, identity: &Identity, id: &str) -> Result<Option<Arc<Job>>, Denied> {
+pub(super) fn visible(service: &Service, identity: &Identity, id: &str) -> Result<Option<Arc<Job>>, Denied> {
     require_some_builds(identity)?;
     Ok(service.build(id).filter(|job| identity.may(Right::Build, &job.key.0)))
 }

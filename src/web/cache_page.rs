@@ -1,13 +1,14 @@
 //! `GET /cache`: the layer blob cache. How full it is against
 //! `--cache-size`, how often a blob asked for was there since the start
 //! (from the metrics' counters), and its largest blobs with what they hold
-//! and the images that use them.
+//! and the images that use them. For admins: it names every image.
 
 use std::fmt::Write;
 
 use super::chart::what;
 use super::html::{self, escape, short_digest, url_part, Section};
 use super::image::layer_users;
+use crate::auth::{Denied, Identity};
 use crate::http::Response;
 use crate::metrics;
 use crate::service::{LayerView, Service};
@@ -15,7 +16,8 @@ use crate::service::{LayerView, Service};
 /// Blobs listed.
 const LARGEST: usize = 20;
 
-pub fn page(service: &Service) -> Response {
+pub fn page(service: &Service, identity: &Identity) -> Result<Response, Denied> {
+    identity.require_admin("the cache")?;
     let cache = service.cache_view(LARGEST);
     let counters = &metrics::global().cache;
     let (hits, misses) = (counters.hits.get(), counters.misses.get());
@@ -42,9 +44,9 @@ pub fn page(service: &Service) -> Response {
     let _ = write!(body, "<h2>Largest blobs</h2>");
     if cache.largest.is_empty() {
         body.push_str("<p class=\"muted\">The cache is empty.</p>");
-        return html::page(200, "Cache", Some(Section::Cache), &body);
+        return Ok(html::page(200, "Cache", Some(Section::Cache), &body));
     }
-    let users = layer_users(service);
+    let users = layer_users(service, identity);
     body.push_str(
         "<div class=\"scroll\"><table id=\"largest\"><thead><tr><th>Blob</th><th>Size</th><th>Holds</th>\
          <th>Used by</th></tr></thead><tbody>",
@@ -71,5 +73,5 @@ pub fn page(service: &Service) -> Response {
         );
     }
     body.push_str("</tbody></table></div>");
-    html::page(200, "Cache", Some(Section::Cache), &body)
+    Ok(html::page(200, "Cache", Some(Section::Cache), &body))
 }

@@ -1,26 +1,33 @@
 //! `GET /`: the catalog. Every image the flake offers (the names `_catalog`
 //! lists) and every name served since the start, with its tags, systems,
-//! size and last build; `?q=` filters by name.
+//! size and last build; `?q=` filters by name. A client sees the images it
+//! may pull, and the builds of those it may build.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use super::builds::seen_by;
 use super::html::{self, escape, url_part, Section};
+use crate::auth::{Denied, Identity, Right};
 use crate::http::{Request, Response};
-use crate::service::{BuildStatus, ImageView, Service};
+use crate::service::{BuildStatus, ImageView, ServedTag, Service};
 
 /// Rows shown at most: a flake of thousands of packages stays one page.
 const MAX_ROWS: usize = 500;
 
-pub fn page(service: &Service, request: &Request) -> Response {
+pub fn page(service: &Service, request: &Request, identity: &Identity) -> Result<Response, Denied> {
+    if !identity.may_some(Right::Pull) {
+        return Err(identity.refused("may pull no image"));
+    }
     let filter = request.query_param("q").unwrap_or_default().trim().to_ascii_lowercase();
-    let (flake_names, catalog_error) = match service.catalog(request.peer.ip()) {
+    let (mut flake_names, catalog_error) = match service.catalog(request.peer.ip()) {
         Ok(names) => (names, None),
         Err(error) => (Vec::new(), Some(error.to_string())),
     };
+    identity.retain_pullable(&mut flake_names);
     let views: Vec<ImageView> =
-        service.served_tags(&flake_names).into_iter().map(|served| service.view_of(served)).collect();
-    let builds = service.builds().builds;
+        served_to(service, identity, &flake_names).into_iter().map(|served| service.view_of(served)).collect();
+    let builds = seen_by(identity, service.builds().builds);
 
     // Every name, with the images of its served tags.
     let mut rows: BTreeMap<String, Vec<&ImageView>> = flake_names.iter().map(|n| (n.clone(), Vec::new())).collect();
@@ -60,7 +67,14 @@ pub fn page(service: &Service, request: &Request) -> Response {
             let _ = write!(body, "<p class=\"muted\">{} more; filter by name to find them.</p>", rows.len() - MAX_ROWS);
         }
     }
-    html::page(200, "Images", Some(Section::Images), &body)
+    Ok(html::page(200, "Images", Some(Section::Images), &body))
+}
+
+/// The tags served ([`Service::served_tags`] of `names`) of images `identity` may pull.
+pub(super) fn served_to(service: &Service, identity: &Identity, names: &[String]) -> Vec<ServedTag> {
+    let mut served = service.served_tags(names);
+    served.retain(|served| identity.may(Right::Pull, &served.name.canonical()));
+    served
 }
 
 fn row(name: &str, images: &[&ImageView], builds: &[BuildStatus]) -> String {

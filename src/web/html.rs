@@ -124,7 +124,13 @@ pub fn page(status: u16, title: &str, section: Option<Section>, body: &str) -> R
 
 /// A page that only says what went wrong.
 pub fn error_page(status: u16, message: &str) -> Response {
-    page(status, "Not found", None, &format!("<h1>{status}</h1><p class=\"notice\">{}</p>", escape(message)))
+    let title = match status {
+        401 => "Log in",
+        403 => "Not allowed",
+        404 => "Not found",
+        _ => "Error",
+    };
+    page(status, title, None, &format!("<h1>{status}</h1><p class=\"notice\">{}</p>", escape(message)))
 }
 
 /// The one style sheet: readable on a phone (one column, tables scroll sideways).

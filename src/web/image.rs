@@ -3,16 +3,20 @@
 //! digests, then per platform links to its SBOM and provenance (the
 //! documents attached to its manifest), its config (Cmd, Env, …) and its
 //! layers: a bar chart of their sizes and a table of what each holds, with
-//! the layers other images share marked.
+//! the layers other images share marked. For clients that may pull the
+//! image; the images named as sharing layers are those the client may pull
+//! too, the last build is shown to those who may build it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::catalog::state_name;
+use super::builds::seen_by;
+use super::catalog::{served_to, state_name};
 use super::chart::{layer_chart, what};
 use super::html::{self, escape, short_digest, url_part, Section};
+use crate::auth::{Denied, Identity, Right};
 use crate::digest::Digest;
 use crate::http::{Request, Response};
 use crate::media_type::{CYCLONEDX_JSON, IN_TOTO_JSON};
@@ -23,14 +27,15 @@ use crate::service::{ImageView, PlatformImage, Service};
 const CONFIG_KEYS: [&str; 10] =
     ["Entrypoint", "Cmd", "Env", "WorkingDir", "User", "ExposedPorts", "Volumes", "Labels", "StopSignal", "Shell"];
 
-pub fn page(service: &Service, request: &Request, reference: &str) -> Response {
+pub fn page(service: &Service, request: &Request, identity: &Identity, reference: &str) -> Result<Response, Denied> {
     let (name, tag) = reference.rsplit_once(':').unwrap_or((reference, "latest"));
     let (Some(name), Some(tag)) = (RepoName::parse(name), Tag::parse(tag)) else {
-        return html::error_page(404, "not an image name and tag");
+        return Ok(html::error_page(404, "not an image name and tag"));
     };
+    identity.require(Right::Pull, &name.canonical())?;
     let title = format!("{name}:{tag}");
-    let builds: Vec<_> =
-        service.builds().builds.into_iter().filter(|b| b.image == name.canonical() && b.tag == tag.as_str()).collect();
+    let mut builds = seen_by(identity, service.builds().builds);
+    builds.retain(|b| b.image == name.canonical() && b.tag == tag.as_str());
     let mut body = format!("<h1>{}</h1>", escape(&title));
     body.push_str(&pull_lines(service, request, &title));
     if let Some(build) = builds.first() {
@@ -44,13 +49,18 @@ pub fn page(service: &Service, request: &Request, reference: &str) -> Response {
         );
     }
     let Some(view) = service.image_view(&name, &tag) else {
-        body.push_str(
-            "<p class=\"notice\">Not built yet (or not since the cache was cleared). Pulling it builds it.</p>",
+        let _ = write!(
+            body,
+            "<p class=\"notice\">Not built yet (or not since the cache was cleared). {}</p>",
+            match identity.may(Right::Build, &name.canonical()) {
+                true => "Pulling it builds it.",
+                false => "Pulling it is refused until someone who may build it has.",
+            }
         );
         let status = if builds.is_empty() { 404 } else { 200 };
-        return html::page(status, &title, Some(Section::Images), &body);
+        return Ok(html::page(status, &title, Some(Section::Images), &body));
     };
-    let users = layer_users(service);
+    let users = layer_users(service, identity);
     let _ = write!(
         body,
         "<div class=\"card\"><dl class=\"config\"><dt>Revision</dt><dd><code>{}</code></dd>\
@@ -62,7 +72,7 @@ pub fn page(service: &Service, request: &Request, reference: &str) -> Response {
     for platform in &view.platforms {
         body.push_str(&platform_section(&view, platform, &users));
     }
-    html::page(200, &title, Some(Section::Images), &body)
+    Ok(html::page(200, &title, Some(Section::Images), &body))
 }
 
 /// The lines to copy, with the host the browser reached this server by.
@@ -228,10 +238,11 @@ fn plain(value: &Value) -> String {
     value.as_str().map_or_else(|| value.to_string(), str::to_string)
 }
 
-/// For every layer blob of the images served now, the names and tags using it.
-pub fn layer_users(service: &Service) -> BTreeMap<Digest, BTreeSet<String>> {
+/// For every layer blob of the images served now that `identity` may
+/// pull, the names and tags using it.
+pub fn layer_users(service: &Service, identity: &Identity) -> BTreeMap<Digest, BTreeSet<String>> {
     let mut users: BTreeMap<Digest, BTreeSet<String>> = BTreeMap::new();
-    for served in service.served_tags(&[]) {
+    for served in served_to(service, identity, &[]) {
         let view = service.view_of(served);
         let user = format!("{}:{}", view.served.name, view.served.tag);
         for layer in view.platforms.iter().flat_map(|p| &p.layers) {

@@ -1,6 +1,7 @@
 //! `GET /metrics`: [`crate::metrics`] in the Prometheus text format, on
-//! the main listener, or alone on the plain-HTTP `--metrics-listen` address
-//! ([`MetricsOnly`]) instead.
+//! the main listener (for admins when there is access control), or alone
+//! on the plain-HTTP `--metrics-listen` address ([`MetricsOnly`]) instead:
+//! there without access control, as the operator binds it privately.
 
 use crate::http::{Handler, Request, Response};
 use crate::metrics;

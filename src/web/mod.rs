@@ -6,6 +6,11 @@
 //! ([`image`], with its layer chart from [`chart`]), the builds
 //! ([`build_pages`]) and the cache ([`cache_page`]), server-rendered HTML
 //! built with [`html`]. And the Prometheus metrics at `/metrics` ([`metrics`]).
+//!
+//! Every answer is for the client's [`Identity`]: a page shows what it may
+//! see (the images it may pull, the builds of those it may build; the cache
+//! and the metrics are for admins), and a refusal is a `401` (with the
+//! Basic challenge browsers answer) or `403`, as JSON or as a page.
 
 pub mod build_pages;
 pub mod builds;
@@ -56,7 +61,7 @@ impl Web {
             }),
             _ => Ok(self.other(&segments, read)),
         };
-        answer.unwrap_or_else(|denied| self.refuse(denied))
+        answer.unwrap_or_else(Web::refuse)
     }
 
     /// What is no endpoint, or not for this method.
@@ -68,15 +73,16 @@ impl Web {
         }
     }
 
-    /// The answer to a request refused, before dispatch or by an endpoint.
-    pub fn refuse(&self, denied: Denied) -> Response {
-        match denied {
-            Denied::Unauthenticated(message) => error(401, &message).header("WWW-Authenticate", auth::CHALLENGE),
-            Denied::Forbidden(message) => error(403, &message),
-            Denied::Throttled(wait) => {
-                error(429, &denied.to_string()).header("Retry-After", auth::retry_after_secs(wait).to_string())
-            }
-        }
+    /// The answer to a request under `/-/` refused, before dispatch or by
+    /// an endpoint: JSON.
+    pub fn refuse(denied: Denied) -> Response {
+        refusal(denied, error)
+    }
+
+    /// The answer to a page refused: a page. Browsers ask for a user name
+    /// and password on the `401`'s challenge and send them from then on.
+    pub fn refuse_page(denied: Denied) -> Response {
+        refusal(denied, html::error_page)
     }
 
     /// Whether `path` is a page of the site or `/metrics` (answered by [`Web::page`]).
@@ -84,22 +90,27 @@ impl Web {
         page_kind(path).is_some()
     }
 
-    /// Answers a page of the site, or `/metrics`.
-    pub fn page(&self, request: &Request) -> Response {
+    /// Answers a page of the site, or `/metrics`, for `identity`: what it
+    /// may see (images it may pull, builds of those it may build; the cache
+    /// and the metrics for admins), or `401`/`403` as a page.
+    pub fn page(&self, request: &Request, identity: &Identity) -> Response {
         if !matches!(request.method.as_str(), "GET" | "HEAD") {
             return html::error_page(405, "pages answer GET and HEAD").header("Allow", "GET, HEAD");
         }
         let path = request.path.as_str();
-        match page_kind(path) {
-            Some(Page::Metrics) if self.options.metrics_on_main => metrics::response(),
-            Some(Page::Metrics) => html::error_page(404, "the metrics are served on the --metrics-listen address"),
-            Some(Page::Catalog) => catalog::page(&self.service, request),
-            Some(Page::Image(reference)) => image::page(&self.service, request, reference),
-            Some(Page::Builds) => build_pages::list(&self.service),
-            Some(Page::Build(id)) => build_pages::one(&self.service, id),
-            Some(Page::Cache) => cache_page::page(&self.service),
-            None => html::error_page(404, "no such page"),
-        }
+        let answer = match page_kind(path) {
+            Some(Page::Metrics) if self.options.metrics_on_main => {
+                identity.require_admin("the metrics").map(|()| metrics::response())
+            }
+            Some(Page::Metrics) => Ok(html::error_page(404, "the metrics are served on the --metrics-listen address")),
+            Some(Page::Catalog) => catalog::page(&self.service, request, identity),
+            Some(Page::Image(reference)) => image::page(&self.service, request, identity, reference),
+            Some(Page::Builds) => build_pages::list(&self.service, identity),
+            Some(Page::Build(id)) => build_pages::one(&self.service, identity, id),
+            Some(Page::Cache) => cache_page::page(&self.service, identity),
+            None => Ok(html::error_page(404, "no such page")),
+        };
+        answer.unwrap_or_else(Web::refuse_page)
     }
 
     /// The endpoint kind of a path this room answers, as the metrics count it.
@@ -139,6 +150,17 @@ fn page_kind(path: &str) -> Option<Page<'_>> {
             } else {
                 path.strip_prefix("/builds/").filter(|id| !id.is_empty() && !id.contains('/')).map(Page::Build)
             }
+        }
+    }
+}
+
+/// A refusal rendered by `render` (JSON or a page), with the challenge or the wait.
+fn refusal(denied: Denied, render: fn(u16, &str) -> Response) -> Response {
+    match denied {
+        Denied::Unauthenticated(message) => render(401, &message).header("WWW-Authenticate", auth::CHALLENGE),
+        Denied::Forbidden(message) => render(403, &message),
+        Denied::Throttled(wait) => {
+            render(429, &denied.to_string()).header("Retry-After", auth::retry_after_secs(wait).to_string())
         }
     }
 }

@@ -5,7 +5,9 @@
 //! page (pull lines, layer chart), watches the running build's log grow,
 //! follows the failed build's log and looks at the cache. Screenshots go to
 //! `target/screenshots/web/`. The same pages without a browser: every
-//! value is in the HTML (no script needed) and escaped.
+//! value is in the HTML (no script needed) and escaped. Behind access
+//! control, `tests/browser/login.mjs`: Chromium gets the login challenge,
+//! and once it answers sees what its user may.
 
 mod common;
 
@@ -15,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::auth::{basic, Htpasswd};
 use common::flake::TICKS;
 use common::server::{read_response, HttpResponse};
-use common::{require_tool, run_capture, wait_until, FlakeforgeServer, TestFlake};
+use common::{require_tool, run_capture, wait_until, FlakeforgeServer, TestDir, TestFlake};
 
 const OCI_MANIFEST: (&str, &str) = ("Accept", "application/vnd.oci.image.manifest.v1+json");
 
@@ -79,6 +82,38 @@ fn the_pages_in_a_browser() {
     assert_eq!(ticker.join().unwrap(), 200, "the ticker build");
     assert!(ok, "the browser checks failed:\n{output}");
     println!("screenshots: {}", shots.display());
+}
+
+/// With `--htpasswd` (plain HTTP, as behind a proxy that does TLS): the
+/// pages ask Chromium to log in, and show each user what it may see.
+#[test]
+fn the_pages_in_a_browser_that_logs_in() {
+    require_browser();
+    let flake = TestFlake::web();
+    let (admin, puller) = (("alice", "alice-secret"), ("bob", "bob-secret"));
+    let users = Htpasswd::new(&[admin, puller]);
+    let files = TestDir::new();
+    let policy = files.path().join("policy.toml");
+    std::fs::write(&policy, "[users.alice]\nadmin = true\n[users.bob]\npull = [\"hello\"]\n").unwrap();
+    let args = ["--htpasswd", users.arg(), "--allow-insecure-auth", "--policy", policy.to_str().unwrap()];
+    let server = FlakeforgeServer::start(flake.path(), &args);
+    let as_admin = basic(admin.0, admin.1);
+    for name in ["hello", "world"] {
+        let path = format!("/v2/{name}/manifests/latest");
+        let response = server.request("GET", &path, &[OCI_MANIFEST, ("Authorization", &as_admin)]);
+        assert_eq!(response.status, 200, "{name}: {}", String::from_utf8_lossy(&response.body));
+    }
+    let builds = server.request("GET", "/-/builds", &[("Authorization", &as_admin)]).json();
+    let hello = builds["builds"].as_array().unwrap().iter().find(|b| b["image"] == "hello").unwrap();
+
+    let base = format!("http://{}", server.host());
+    let logins = [format!("{}:{}", puller.0, puller.1), format!("{}:{}", admin.0, admin.1)];
+    let mut node = Command::new("node");
+    node.arg(browser_dir().join("login.mjs")).arg(&base).arg(hello["id"].as_str().unwrap()).args(&logins);
+    node.current_dir(browser_dir());
+    let (ok, output) = run_capture(&mut node, 180);
+    println!("{output}");
+    assert!(ok, "the browser checks failed:\n{output}");
 }
 
 /// `GET path` with this `Host` header.

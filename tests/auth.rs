@@ -138,6 +138,27 @@ fn pulls_builds_digests_and_build_logs_follow_the_policy() {
     let by_digest = format!("/v2/motd/manifests/{hello_digest}");
     assert_refused(&https.get(&by_digest, carol), 403, "may pull no image that holds");
     assert_eq!(https.get(&format!("/v2/hello/manifests/{hello_digest}"), bob).body, hello.body);
+    // What an image is made of (its SBOM and provenance, OCI referrers): for
+    // those who may pull it, and by digest like its layers.
+    let referrers = https.get(&format!("/v2/hello/referrers/{hello_digest}"), bob);
+    assert_eq!(referrers.status, 200);
+    let artifacts = referrers.json()["manifests"].as_array().unwrap().clone();
+    assert_eq!(artifacts.len(), 2, "an SBOM and a provenance: {artifacts:?}");
+    for artifact in &artifacts {
+        let manifest = https.get(&format!("/v2/hello/manifests/{}", artifact["digest"].as_str().unwrap()), bob);
+        assert_eq!(manifest.status, 200);
+        for document in manifest.json()["layers"].as_array().unwrap() {
+            let digest = document["digest"].as_str().unwrap();
+            assert_eq!(https.get(&format!("/v2/hello/blobs/{digest}"), bob).status, 200);
+            let path = format!("/v2/motd/blobs/{digest}");
+            assert_refused(&https.get(&path, carol), 403, "may pull no image that holds");
+        }
+    }
+    let referrers_of_hello = format!("/v2/motd/referrers/{hello_digest}");
+    assert_refused(&https.get(&referrers_of_hello, carol), 403, "may pull no image that holds");
+    let referrers_tag = format!("/v2/motd/manifests/{}", hello_digest.replace(':', "-"));
+    assert_refused(&https.get(&referrers_tag, carol), 403, "may pull no image that holds");
+    assert_eq!(https.get(&referrers_tag.replace("motd", "hello"), bob).status, 200);
     // A digest nobody holds is refused alike, but for those who may pull everything.
     let unknown = format!("/v2/motd/blobs/sha256:{}", "0".repeat(64));
     assert_refused(&https.get(&unknown, carol), 403, "may pull no image that holds");

@@ -230,7 +230,8 @@ impl Service {
     }
 
     /// Records that the image `canonical` stands for `manifests`: those,
-    /// the manifests of an index, and their configs and layers.
+    /// the manifests of an index, their configs and layers, and the
+    /// artifacts that refer to them (SBOM, provenance) with their blobs.
     fn record_names(&self, canonical: &str, manifests: &BTreeMap<ManifestFormat, Digest>) {
         let mut digests: Vec<Digest> = Vec::new();
         let mut queue: Vec<Digest> = manifests.values().cloned().collect();
@@ -240,6 +241,7 @@ impl Service {
             }
             if let Some(manifest) = self.meta.manifest(&digest) {
                 queue.extend(crate::image::manifest::referenced_digests(&manifest));
+                queue.extend(self.referrers(&digest).into_iter().map(|referrer| referrer.digest));
             }
             digests.push(digest);
         }

@@ -14,7 +14,7 @@ use common::auth::{basic, Htpasswd, Https};
 use common::clients::{skopeo, Containerd, Dockerd, Podman};
 use common::flake::HELLO;
 use common::server::{http_request, HttpResponse};
-use common::{free_port, run_capture, wait_until, FlakeforgeServer, TestDir, TestFlake};
+use common::{run_capture, wait_until, FlakeforgeServer, TestDir, TestFlake};
 
 /// The passwords of the tests' users: none may appear in the server's log.
 const ALICE: (&str, &str) = ("alice", "alice-secret-1");
@@ -399,8 +399,7 @@ fn bad_access_control_settings_stop_the_start_in_one_line() {
 
     // Behind a proxy that does TLS, plain HTTP may carry passwords when asked to.
     // The --metrics-listen address, bound privately, asks for none.
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let args = ["--htpasswd", users.arg(), "--allow-insecure-auth", "--metrics-listen", &metrics_addr];
+    let args = ["--htpasswd", users.arg(), "--allow-insecure-auth", "--metrics-listen", "127.0.0.1:0"];
     let server = FlakeforgeServer::start(flake.path(), &args);
     let credentials = basic(ALICE.0, ALICE.1);
     let alice = [("Authorization", credentials.as_str())];
@@ -409,7 +408,7 @@ fn bad_access_control_settings_stop_the_start_in_one_line() {
     let page = server.get("/");
     assert_eq!((page.status, page.header("www-authenticate")), (401, Some("Basic realm=\"flakeforge\"")));
     assert_eq!(server.request("GET", "/", &alice).status, 200);
-    assert_eq!(http_request(metrics_addr.parse().unwrap(), "GET", "/metrics", &[]).status, 200);
+    assert_eq!(http_request(server.metrics_listener(), "GET", "/metrics", &[]).status, 200);
 }
 
 #[test]

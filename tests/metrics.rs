@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,15 +52,6 @@ impl Scrape {
     fn get(&self, series: &str) -> f64 {
         self.0.get(series).copied().unwrap_or(0.0)
     }
-}
-
-/// Where `--metrics-listen` (port 0: the system chose) listens, as the log
-/// says; logged before the line the harness waits for.
-fn metrics_listener(server: &FlakeforgeServer) -> SocketAddr {
-    let log = server.log();
-    let line = log.lines().find(|line| line.contains("] serving /metrics on ")).expect("no /metrics listener logged");
-    let (_, rest) = line.split_once("] serving /metrics on ").unwrap();
-    rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// `series` went from `before` to `after` by exactly `by`.
@@ -152,7 +143,7 @@ fn a_pull_a_failed_build_and_evictions_change_the_counters() {
 fn metrics_listen_serves_them_apart_and_counts_refused_connections() {
     let flake = TestFlake::web();
     let server = FlakeforgeServer::start(flake.path(), &["--metrics-listen", "127.0.0.1:0", "--max-connections", "1"]);
-    let metrics = metrics_listener(&server);
+    let metrics = server.metrics_listener();
     // The harness's own first request may hold the one connection a moment longer.
     let mut main = server.get("/metrics");
     wait_until(20, "the one connection to be free", || {
@@ -221,7 +212,7 @@ fn metrics_listen_serves_them_apart_and_counts_refused_connections() {
 fn over_https_the_certificates_expiry_is_shown() {
     let flake = TestFlake::web();
     let server = FlakeforgeServer::start_tls(flake.path(), &["--metrics-listen", "127.0.0.1:0"]);
-    let response = http_request(metrics_listener(&server), "GET", "/metrics", &[]);
+    let response = http_request(server.metrics_listener(), "GET", "/metrics", &[]);
     assert_eq!(response.status, 200);
     let expiry =
         parse(&String::from_utf8(response.body).unwrap())["flakeforge_tls_certificate_expiry_timestamp_seconds"];

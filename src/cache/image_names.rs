@@ -1,9 +1,14 @@
 //! Which image names each manifest, config and layer belongs to, kept on
-//! disk for good (`names/<hex>`, one name a line), so that access control
-//! can tell, after a restart too, whether a client who may pull some images
-//! may fetch a digest: only if an image it may pull holds it. A name once
-//! recorded stays: the client could pull the digest under that name then.
+//! disk for good (`names/<hex>`, one name a line, sealed like the other
+//! records), so that access control can tell, after a restart too, whether
+//! a client who may pull some images may fetch a digest: only if an image
+//! it may pull holds it. A name once recorded stays: the client could pull
+//! the digest under that name then. A file found damaged is removed (the
+//! names come back when the tags are resolved again; until then the digest
+//! is refused to those who may not pull everything); on a state directory
+//! that cannot be written, the names are kept in memory for the process.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,38 +19,50 @@ use crate::digest::Digest;
 pub struct ImageNames {
     dir: PathBuf,
     tmp_dir: PathBuf,
-    /// One writer at a time: adding is read, then write.
-    writing: Mutex<()>,
+    /// One writer at a time (adding is read, then write); what could not be written.
+    unwritten: Mutex<HashMap<Digest, Vec<String>>>,
 }
 
 impl ImageNames {
     pub fn open(state_dir: &Path) -> io::Result<ImageNames> {
         let dir = state_dir.join("names");
         let tmp_dir = state_dir.join("tmp").join("names");
-        fs::create_dir_all(&dir)?;
+        super::create_dir(&dir)?;
         let _ = fs::remove_dir_all(&tmp_dir);
-        fs::create_dir_all(&tmp_dir)?;
-        Ok(ImageNames { dir, tmp_dir, writing: Mutex::new(()) })
+        super::create_dir(&tmp_dir)?;
+        Ok(ImageNames { dir, tmp_dir, unwritten: Mutex::new(HashMap::new()) })
     }
 
     /// The image names (canonical) that hold `digest`, sorted.
     pub fn names(&self, digest: &Digest) -> Vec<String> {
-        let text = fs::read_to_string(self.dir.join(digest.hex())).unwrap_or_default();
-        text.lines().filter(|line| !line.is_empty()).map(str::to_owned).collect()
+        let unwritten = self.unwritten.lock().unwrap();
+        self.names_locked(&unwritten, digest)
+    }
+
+    fn names_locked(&self, unwritten: &HashMap<Digest, Vec<String>>, digest: &Digest) -> Vec<String> {
+        let stored = super::read_checked(&self.dir.join(digest.hex()), |bytes| super::unseal(bytes).is_some());
+        let text = stored.as_deref().and_then(super::unseal).map(String::from_utf8_lossy).unwrap_or_default();
+        let mut names: Vec<String> = text.lines().filter(|line| !line.is_empty()).map(str::to_owned).collect();
+        names.extend(unwritten.get(digest).into_iter().flatten().cloned());
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Records that the image `name` holds `digests`. A write that fails
-    /// (a full disk) is logged; the next resolution of the name tries again.
+    /// (a full disk, a read-only state directory) is logged and the name
+    /// kept in memory.
     pub fn add(&self, name: &str, digests: &[Digest]) {
-        let _writing = self.writing.lock().unwrap();
+        let mut unwritten = self.unwritten.lock().unwrap();
         for digest in digests {
-            let mut names = self.names(digest);
+            let mut names = self.names_locked(&unwritten, digest);
             if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(name)) {
                 names.insert(at, name.to_owned());
                 let text: String = names.iter().map(|n| format!("{n}\n")).collect();
                 let path = self.dir.join(digest.hex());
-                if let Err(err) = super::write_atomic(&self.tmp_dir, &path, text.as_bytes()) {
-                    log::warn!("names: could not record that {name} holds {digest}: {err}");
+                if let Err(err) = super::write_atomic(&self.tmp_dir, &path, &super::seal(text.as_bytes())) {
+                    log::warn!("names: could not record that {name} holds {digest} ({err}); kept in memory");
+                    unwritten.entry(digest.clone()).or_default().push(name.to_owned());
                 }
             }
         }
@@ -70,6 +87,26 @@ mod tests {
         let index = ImageNames::open(&state).unwrap();
         assert_eq!(index.names(&shared), ["hello", "motd"]);
         assert_eq!(index.names(&own), ["hello"]);
+        // A damaged file is not believed: it is removed.
+        let path = state.join("names").join(own.hex());
+        let mut bytes = fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        fs::write(&path, bytes).unwrap();
+        assert!(index.names(&own).is_empty());
+        assert!(!path.exists());
+        fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn names_that_cannot_be_written_are_kept_in_memory() {
+        let state = std::env::temp_dir().join(format!("flakeforge-names-ro-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        let index = ImageNames::open(&state).unwrap();
+        // Writes fail: the directory for temporary files is gone.
+        fs::remove_dir_all(state.join("tmp")).unwrap();
+        let layer = Digest::of(b"layer");
+        index.add("hello", std::slice::from_ref(&layer));
+        assert_eq!(index.names(&layer), ["hello"]);
         fs::remove_dir_all(&state).unwrap();
     }
 }

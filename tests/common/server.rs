@@ -114,6 +114,16 @@ impl FlakeforgeServer {
         self.state.path().join("state")
     }
 
+    /// Where `--metrics-listen` (port 0: the system chose) listens, as the
+    /// log says; logged before the line the harness waits for.
+    pub fn metrics_listener(&self) -> SocketAddr {
+        let log = self.log();
+        let line =
+            log.lines().find(|line| line.contains("] serving /metrics on ")).expect("no /metrics listener logged");
+        let (_, rest) = line.split_once("] serving /metrics on ").unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// The local CA's certificate (PEM), for clients to trust.
     pub fn ca_pem(&self) -> String {
         fs::read_to_string(self.state_dir().join("tls").join("ca.crt")).expect("an HTTPS server has a local CA")

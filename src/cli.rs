@@ -11,7 +11,6 @@ use argh::FromArgs;
 
 use crate::app::App;
 use crate::auth::{AuthOptions, Guard};
-use crate::cache;
 use crate::config::{self, Config};
 use crate::http::{self, ServerLimits};
 use crate::image::compress::{Compression, Pool};
@@ -20,6 +19,7 @@ use crate::nix::scheduler::SchedulerOptions;
 use crate::reference::{RepoName, Tag};
 use crate::registry::Registry;
 use crate::service::{AttestOptions, BuildPolicy, PrebuildOptions, Service};
+use crate::storage;
 use crate::systemd_unit::{self, UnitOptions};
 use crate::tls::{self, CertFiles, TlsOptions};
 use crate::web::metrics::MetricsOnly;
@@ -207,7 +207,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let new_ca = args.new_ca;
     let auth = auth_args(&args)?;
     let config = config_from(args)?;
-    if let Err(err) = cache::probe_writable(&config.state_dir) {
+    if let Err(err) = storage::fs::probe_writable(&config.state_dir) {
         log::warn!(
             "the state directory {} cannot be written ({err}): what is stored there is served, but nothing new \
              is kept: images not built before are held in memory until the process ends, layers not cached are \

@@ -43,6 +43,7 @@ pub mod registry;
 pub mod reload;
 pub mod service;
 pub mod signals;
+pub mod storage;
 pub mod systemd_unit;
 pub mod tls;
 pub mod web;

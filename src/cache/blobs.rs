@@ -1,30 +1,29 @@
-//! The disk cache of layer blobs, `<state>/blobs/sha256/<hex>`: written to a
-//! temporary file and renamed only once the digest checks out, bounded by
+//! The cache of layer blobs in the [`Storage`]: written to a local
+//! temporary file and stored only once the digest checks out, bounded by
 //! `--cache-size`, least recently used evicted first. A full disk turns
 //! caching off for that blob, never the serving.
 //!
 //! A blob is handed out only once its bytes are known to match its digest:
 //! hashed when first opened after a start (one hash at a time per blob),
-//! then trusted while its file stays as it was then (device, inode, size,
-//! modification and change times). One that does not match is logged and
-//! removed, so that it is made again from its recipe.
+//! then trusted while the store keeps the version it had then (fs: the
+//! file's device, inode, size, modification and change times). One that
+//! does not match is logged and removed, so that it is made again from its
+//! recipe. This is the one place blobs are verified, for every backend.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::sync::{Arc, Condvar, Mutex};
 
 use lru::LruCache;
 
 use crate::digest::Digest;
 use crate::metrics;
+use crate::storage::{BlobHandle, Storage, Version};
 
 pub struct BlobStore {
-    dir: PathBuf,
-    tmp_dir: PathBuf,
+    storage: Arc<dyn Storage>,
     max_bytes: u64,
     index: Mutex<Index>,
     /// Signalled when a blob's hashing ends.
@@ -35,32 +34,10 @@ struct Index {
     /// Blob sizes, least recently used first to go.
     lru: LruCache<Digest, u64>,
     total: u64,
-    /// Blobs whose bytes matched their digest, with their file as it was then.
-    verified: HashMap<Digest, Stamp>,
+    /// Blobs whose bytes matched their digest, with their version then.
+    verified: HashMap<Digest, Version>,
     /// Blobs being hashed now: whoever else opens one waits for the result.
     verifying: HashSet<Digest>,
-}
-
-/// What changes when a file is written to or replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(meta: &fs::Metadata) -> Stamp {
-        Stamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
 }
 
 impl Index {
@@ -72,65 +49,64 @@ impl Index {
     }
 }
 
-impl BlobStore {
-    /// Opens the cache, dropping leftovers of writes a crash interrupted.
-    pub fn open(state_dir: &Path, max_bytes: u64) -> io::Result<BlobStore> {
-        let dir = state_dir.join("blobs").join("sha256");
-        let tmp_dir = state_dir.join("tmp").join("blobs");
-        super::create_dir(&dir)?;
-        let _ = fs::remove_dir_all(&tmp_dir);
-        super::create_dir(&tmp_dir)?;
+/// A stored blob whose bytes match its digest.
+pub struct VerifiedBlob {
+    handle: Box<dyn BlobHandle>,
+}
 
-        let mut found: Vec<(SystemTime, Digest, u64)> = Vec::new();
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let meta = entry.metadata()?;
-            match name.to_str().and_then(|n| Digest::from_hex(n).ok()) {
-                Some(digest) if meta.is_file() => {
-                    found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), digest, meta.len()))
-                }
-                _ => log::warn!("ignoring unexpected file in the blob cache: {:?}", name),
-            }
-        }
-        found.sort();
+impl VerifiedBlob {
+    pub fn size(&self) -> u64 {
+        self.handle.size()
+    }
+
+    /// Bytes `start..end` (end exclusive).
+    pub fn read_range(&self, start: u64, end: u64) -> io::Result<Box<dyn Read + Send + '_>> {
+        self.handle.read_range(start, end)
+    }
+}
+
+impl BlobStore {
+    /// Opens the cache on `storage`, indexing what it holds.
+    pub fn open(storage: Arc<dyn Storage>, max_bytes: u64) -> io::Result<BlobStore> {
+        let mut found = storage.list_blobs().map_err(io::Error::other)?;
+        found.sort_by_key(|entry| entry.used);
         let mut index =
             Index { lru: LruCache::unbounded(), total: 0, verified: HashMap::new(), verifying: HashSet::new() };
-        for (_, digest, size) in found {
-            index.total += size;
-            index.lru.put(digest, size);
+        for entry in found {
+            index.total += entry.size;
+            index.lru.put(entry.digest, entry.size);
         }
         metrics::global().cache.limit_bytes.set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
         index.publish();
-        let store = BlobStore { dir, tmp_dir, max_bytes, index: Mutex::new(index), verified: Condvar::new() };
+        let store = BlobStore { storage, max_bytes, index: Mutex::new(index), verified: Condvar::new() };
         store.evict();
         Ok(store)
     }
 
-    fn path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join(digest.hex())
-    }
-
-    /// Opens a cached blob whose bytes match `digest` and marks it used.
-    /// `None` when it is not cached, or was damaged (then it is removed).
-    pub fn open_blob(&self, digest: &Digest) -> Option<(File, u64)> {
-        let path = self.path(digest);
-        let file = File::open(&path).ok()?;
+    /// Opens a stored blob whose bytes match `digest` and marks it used.
+    /// `None` when it is not stored, or was damaged (then it is removed).
+    pub fn open_blob(&self, digest: &Digest) -> Option<VerifiedBlob> {
+        let handle = match self.storage.open_blob(digest) {
+            Ok(handle) => handle?,
+            Err(err) => {
+                log::warn!("blob cache: cannot open {digest} ({err}); it will be made again");
+                return None;
+            }
+        };
         let mut index = self.index.lock().unwrap();
         loop {
             while index.verifying.contains(digest) {
                 index = self.verified.wait(index).unwrap();
             }
-            let stamp = Stamp::of(&file.metadata().ok()?);
-            if index.verified.get(digest) == Some(&stamp) {
-                self.mark_used(&mut index, digest, &file);
-                return Some((file, stamp.size));
+            let version = handle.version().ok()?;
+            if index.verified.get(digest) == Some(&version) {
+                self.mark_used(&mut index, digest, handle.as_ref());
+                return Some(VerifiedBlob { handle });
             }
             index.verifying.insert(digest.clone());
             drop(index);
-            let hashed = Digest::of_reader(&file);
-            let unchanged = file.metadata().is_ok_and(|meta| Stamp::of(&meta) == stamp);
-            let _ = (&file).seek(SeekFrom::Start(0));
+            let hashed = handle.read_range(0, handle.size()).and_then(Digest::of_reader);
+            let unchanged = handle.version().is_ok_and(|now| now == version);
             index = self.index.lock().unwrap();
             index.verifying.remove(digest);
             self.verified.notify_all();
@@ -138,21 +114,23 @@ impl BlobStore {
                 // Written to while it was hashed: look again.
                 Ok(_) if !unchanged => continue,
                 Ok((found, _)) if found == *digest => {
-                    index.verified.insert(digest.clone(), stamp);
-                    self.mark_used(&mut index, digest, &file);
-                    return Some((file, stamp.size));
+                    index.verified.insert(digest.clone(), version);
+                    self.mark_used(&mut index, digest, handle.as_ref());
+                    return Some(VerifiedBlob { handle });
                 }
                 Ok((found, size)) => {
                     log::error!(
-                        "blob cache: {} holds {size} bytes hashing to {found}, not {digest}: removed, it will be made again",
-                        path.display()
+                        "blob cache: {digest} in {} holds {size} bytes hashing to {found}, not {digest}: removed, it will be made again",
+                        self.storage.describe()
                     );
                     Self::drop_entry(&mut index, digest);
-                    super::remove_if_same(&path, &file);
+                    if let Err(err) = self.storage.remove_blob(digest, Some(&version)) {
+                        log::warn!("blob cache: cannot remove the damaged {digest}: {err}");
+                    }
                     return None;
                 }
                 Err(err) => {
-                    log::warn!("blob cache: cannot read {} ({err}); it will be made again", path.display());
+                    log::warn!("blob cache: cannot read {digest} ({err}); it will be made again");
                     return None;
                 }
             }
@@ -160,13 +138,13 @@ impl BlobStore {
     }
 
     /// Moves a verified blob to the front of the LRU order. The order
-    /// survives a restart through the files' mtimes, so the file is touched
-    /// and its stamp taken again.
-    fn mark_used(&self, index: &mut MutexGuard<'_, Index>, digest: &Digest, file: &File) {
+    /// survives a restart where the store keeps it (fs: the files' mtimes),
+    /// so the blob is touched and its version taken again.
+    fn mark_used(&self, index: &mut Index, digest: &Digest, handle: &dyn BlobHandle) {
         if index.lru.get(digest).is_some() {
-            let _ = file.set_modified(SystemTime::now());
-            if let Ok(meta) = file.metadata() {
-                index.verified.insert(digest.clone(), Stamp::of(&meta));
+            handle.touch();
+            if let Ok(version) = handle.version() {
+                index.verified.insert(digest.clone(), version);
             }
         }
     }
@@ -182,7 +160,7 @@ impl BlobStore {
     /// Removes a blob that turned out to be damaged.
     pub fn forget(&self, digest: &Digest) {
         Self::drop_entry(&mut self.index.lock().unwrap(), digest);
-        let _ = fs::remove_file(self.path(digest));
+        let _ = self.storage.remove_blob(digest, None);
     }
 
     pub fn contains(&self, digest: &Digest) -> bool {
@@ -191,7 +169,7 @@ impl BlobStore {
 
     /// A temporary file to generate a blob into.
     pub fn writer(&self) -> CacheWriter {
-        let path = self.tmp_dir.join(super::temp_name());
+        let path = self.storage.staging_dir().join(crate::storage::fs::temp_name());
         let file = match File::create(&path) {
             Ok(file) => Some(BufWriter::with_capacity(256 * 1024, file)),
             Err(err) => {
@@ -207,12 +185,12 @@ impl BlobStore {
     pub fn commit(&self, mut writer: CacheWriter, digest: &Digest, size: u64) -> Vec<Digest> {
         let Some(file) = writer.file.take() else { return Vec::new() };
         let finished = file.into_inner().map_err(|e| e.into_error()).map(drop);
-        let path = self.path(digest);
-        // Hashed as it was written: trusted as it is now.
-        let kept = finished.and_then(|()| fs::rename(&writer.path, &path)).and_then(|()| fs::metadata(&path));
-        let meta = match kept {
-            Ok(meta) => meta,
+        // Hashed as it was written: trusted as it is stored.
+        let kept = finished.map_err(Into::into).and_then(|()| self.storage.put_blob(digest, &writer.path));
+        let version = match kept {
+            Ok(version) => version,
             Err(err) => {
+                let _ = fs::remove_file(&writer.path);
                 log::warn!("blob cache: could not keep {digest} ({err}); it will be generated again when asked for");
                 return Vec::new();
             }
@@ -223,7 +201,7 @@ impl BlobStore {
                 index.total -= old;
             }
             index.total += size;
-            index.verified.insert(digest.clone(), Stamp::of(&meta));
+            index.verified.insert(digest.clone(), version);
             index.publish();
         }
         self.evict()
@@ -237,8 +215,8 @@ impl BlobStore {
             let Some((digest, size)) = index.lru.pop_lru() else { break };
             index.total -= size;
             index.verified.remove(&digest);
-            // An open file stays readable after the unlink, so running downloads finish.
-            if let Err(err) = fs::remove_file(self.path(&digest)) {
+            // An open handle stays readable after the removal, so running downloads finish.
+            if let Err(err) = self.storage.remove_blob(&digest, None) {
                 log::warn!("blob cache: could not evict {digest}: {err}");
             }
             log::debug!("blob cache: evicted {digest} ({size} bytes)");
@@ -334,6 +312,10 @@ mod tests {
         dir
     }
 
+    fn open(state: &Path, max_bytes: u64) -> BlobStore {
+        BlobStore::open(Arc::new(crate::storage::FsStorage::open(state).unwrap()), max_bytes).unwrap()
+    }
+
     fn put(store: &BlobStore, bytes: &[u8]) -> (Digest, Vec<Digest>) {
         let mut w = store.writer();
         w.write_all(bytes).unwrap();
@@ -345,7 +327,7 @@ mod tests {
     #[test]
     fn evicts_least_recently_used() {
         let state = temp_state("lru");
-        let store = BlobStore::open(&state, 250).unwrap();
+        let store = open(&state, 250);
         let (a, _) = put(&store, &[1; 100]);
         let (b, _) = put(&store, &[2; 100]);
         assert!(store.open_blob(&a).is_some()); // a is now the most recently used
@@ -357,8 +339,8 @@ mod tests {
 
         // What survives a restart is still served.
         drop(store);
-        let store = BlobStore::open(&state, 250).unwrap();
-        assert_eq!(store.open_blob(&a).unwrap().1, 100);
+        let store = open(&state, 250);
+        assert_eq!(store.open_blob(&a).unwrap().size(), 100);
         assert_eq!(store.total_bytes(), 200);
         fs::remove_dir_all(&state).unwrap();
     }
@@ -366,7 +348,7 @@ mod tests {
     #[test]
     fn a_damaged_blob_is_never_handed_out() {
         let state = temp_state("damaged");
-        let store = BlobStore::open(&state, 1 << 20).unwrap();
+        let store = open(&state, 1 << 20);
         let (digest, _) = put(&store, &[7; 1000]);
         let file = state.join("blobs/sha256").join(digest.hex());
         // Written to in place, same size: its stamp changes, so it is hashed again.
@@ -378,9 +360,9 @@ mod tests {
 
         // After a restart every blob is hashed when first opened.
         let (digest, _) = put(&store, &[8; 1000]);
-        let (mut handed, _) = store.open_blob(&digest).unwrap();
+        let handed = store.open_blob(&digest).unwrap();
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut handed, &mut bytes).unwrap();
+        handed.read_range(0, handed.size()).unwrap().read_to_end(&mut bytes).unwrap();
         assert_eq!(bytes, [8; 1000], "read from the start");
         drop(store);
         let file = state.join("blobs/sha256").join(digest.hex());
@@ -389,7 +371,7 @@ mod tests {
         flipped[0] ^= 0x80;
         fs::write(&file, &flipped).unwrap();
         File::options().write(true).open(&file).unwrap().set_modified(stamp).unwrap();
-        let store = BlobStore::open(&state, 1 << 20).unwrap();
+        let store = open(&state, 1 << 20);
         assert!(store.open_blob(&digest).is_none());
         let (digest, _) = put(&store, &[9; 1000]);
         assert!(store.open_blob(&digest).is_some() && store.open_blob(&digest).is_some());
@@ -399,7 +381,7 @@ mod tests {
     #[test]
     fn abandoned_writer_leaves_nothing() {
         let state = temp_state("abandon");
-        let store = BlobStore::open(&state, 1000).unwrap();
+        let store = open(&state, 1000);
         let mut w = store.writer();
         w.write_all(b"partial").unwrap();
         drop(w);

@@ -1,36 +1,31 @@
-//! Which image names each manifest, config and layer belongs to, kept on
-//! disk for good (`names/<hex>`, one name a line, sealed like the other
+//! Which image names each manifest, config and layer belongs to, kept in
+//! the store for good (`names/<hex>`, one name a line, sealed like the other
 //! records), so that access control can tell, after a restart too, whether
 //! a client who may pull some images may fetch a digest: only if an image
 //! it may pull holds it. A name once recorded stays: the client could pull
 //! the digest under that name then. A file found damaged is removed (the
 //! names come back when the tags are resolved again; until then the digest
-//! is refused to those who may not pull everything); on a state directory
-//! that cannot be written, the names are kept in memory for the process.
+//! is refused to those who may not pull everything); on a store that
+//! cannot be written, the names are kept in memory for the process.
+//! Replicas sharing a bucket add names to the same objects: one replica's
+//! addition may overwrite another's made at the same moment (S3 has no
+//! append); the lost name comes back when that replica resolves the tag again.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::digest::Digest;
+use crate::storage::{Kind, Storage};
 
 pub struct ImageNames {
-    dir: PathBuf,
-    tmp_dir: PathBuf,
+    storage: Arc<dyn Storage>,
     /// One writer at a time (adding is read, then write); what could not be written.
     unwritten: Mutex<HashMap<Digest, Vec<String>>>,
 }
 
 impl ImageNames {
-    pub fn open(state_dir: &Path) -> io::Result<ImageNames> {
-        let dir = state_dir.join("names");
-        let tmp_dir = state_dir.join("tmp").join("names");
-        super::create_dir(&dir)?;
-        let _ = fs::remove_dir_all(&tmp_dir);
-        super::create_dir(&tmp_dir)?;
-        Ok(ImageNames { dir, tmp_dir, unwritten: Mutex::new(HashMap::new()) })
+    pub fn open(storage: Arc<dyn Storage>) -> ImageNames {
+        ImageNames { storage, unwritten: Mutex::new(HashMap::new()) }
     }
 
     /// The image names (canonical) that hold `digest`, sorted.
@@ -40,7 +35,8 @@ impl ImageNames {
     }
 
     fn names_locked(&self, unwritten: &HashMap<Digest, Vec<String>>, digest: &Digest) -> Vec<String> {
-        let stored = super::read_checked(&self.dir.join(digest.hex()), |bytes| super::unseal(bytes).is_some());
+        let stored =
+            super::read_checked(self.storage.as_ref(), Kind::Names, digest.hex(), |b| super::unseal(b).is_some());
         let text = stored.as_deref().and_then(super::unseal).map(String::from_utf8_lossy).unwrap_or_default();
         let mut names: Vec<String> = text.lines().filter(|line| !line.is_empty()).map(str::to_owned).collect();
         names.extend(unwritten.get(digest).into_iter().flatten().cloned());
@@ -59,8 +55,7 @@ impl ImageNames {
             if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(name)) {
                 names.insert(at, name.to_owned());
                 let text: String = names.iter().map(|n| format!("{n}\n")).collect();
-                let path = self.dir.join(digest.hex());
-                if let Err(err) = super::write_atomic(&self.tmp_dir, &path, &super::seal(text.as_bytes())) {
+                if let Err(err) = self.storage.put(Kind::Names, digest.hex(), &super::seal(text.as_bytes())) {
                     log::warn!("names: could not record that {name} holds {digest} ({err}); kept in memory");
                     unwritten.entry(digest.clone()).or_default().push(name.to_owned());
                 }
@@ -72,19 +67,25 @@ impl ImageNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::Path;
+
+    fn open(state: &Path) -> ImageNames {
+        ImageNames::open(Arc::new(crate::storage::FsStorage::open(state).unwrap()))
+    }
 
     #[test]
     fn names_are_added_once_and_survive_reopen() {
         let state = std::env::temp_dir().join(format!("flakeforge-names-{}", std::process::id()));
         let _ = fs::remove_dir_all(&state);
-        let index = ImageNames::open(&state).unwrap();
+        let index = open(&state);
         let (shared, own) = (Digest::of(b"busybox layer"), Digest::of(b"hello layer"));
         assert!(index.names(&shared).is_empty());
         index.add("motd", std::slice::from_ref(&shared));
         index.add("hello", &[shared.clone(), own.clone()]);
         index.add("hello", &[shared.clone(), own.clone()]);
         drop(index);
-        let index = ImageNames::open(&state).unwrap();
+        let index = open(&state);
         assert_eq!(index.names(&shared), ["hello", "motd"]);
         assert_eq!(index.names(&own), ["hello"]);
         // A damaged file is not believed: it is removed.
@@ -101,7 +102,7 @@ mod tests {
     fn names_that_cannot_be_written_are_kept_in_memory() {
         let state = std::env::temp_dir().join(format!("flakeforge-names-ro-{}", std::process::id()));
         let _ = fs::remove_dir_all(&state);
-        let index = ImageNames::open(&state).unwrap();
+        let index = open(&state);
         // Writes fail: the directory for temporary files is gone.
         fs::remove_dir_all(state.join("tmp")).unwrap();
         let layer = Digest::of(b"layer");

@@ -1,4 +1,4 @@
-//! Small documents kept on disk for good, so that every digest served
+//! Small documents kept in the store for good, so that every digest served
 //! before a restart can be pulled after it: manifests and configs by digest,
 //! layer records (what each layer blob is made of) by blob digest and by
 //! recipe, built images by build key, and the artifacts that refer to each
@@ -12,10 +12,9 @@
 //! makes it again from its recipe; it is never handed out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -24,6 +23,7 @@ use crate::image::artifact::Referrer;
 use crate::image::layer::LayerRecord;
 use crate::image::manifest::Platform;
 use crate::media_type::ManifestFormat;
+use crate::storage::{Kind, Storage};
 
 /// An image as built: its manifests in both forms, its layers, its GC roots,
 /// and what its config, manifests and layer records are made from, so that
@@ -57,111 +57,92 @@ pub struct GcRoot {
 }
 
 pub struct MetadataStore {
-    root: PathBuf,
-    tmp_dir: PathBuf,
-    unwritten: Mutex<HashMap<PathBuf, Vec<u8>>>,
+    storage: Arc<dyn Storage>,
+    /// Writes that failed (a full disk), kept in memory instead.
+    unwritten: Mutex<HashMap<(Kind, String), Vec<u8>>>,
     /// The key of an image record listing each manifest, config and layer
     /// digest: where a lost one is made again from. Read at open, kept up
     /// to date by `put_image`; in memory, so a digest nobody built costs no
-    /// disk reads.
+    /// store reads.
     listed_in: Mutex<HashMap<Digest, Digest>>,
 }
 
-const KINDS: [&str; 6] = ["manifests", "configs", "layers", "sources", "images", "referrers"];
-
 impl MetadataStore {
-    pub fn open(state_dir: &Path) -> io::Result<MetadataStore> {
-        let root = state_dir.to_path_buf();
-        for kind in KINDS {
-            super::create_dir(&root.join(kind))?;
-        }
-        let tmp_dir = state_dir.join("tmp").join("metadata");
-        let _ = fs::remove_dir_all(&tmp_dir);
-        super::create_dir(&tmp_dir)?;
-        let store = MetadataStore {
-            root,
-            tmp_dir,
-            unwritten: Mutex::new(HashMap::new()),
-            listed_in: Mutex::new(HashMap::new()),
-        };
+    pub fn open(storage: Arc<dyn Storage>) -> io::Result<MetadataStore> {
+        let store =
+            MetadataStore { storage, unwritten: Mutex::new(HashMap::new()), listed_in: Mutex::new(HashMap::new()) };
         for (key, record) in store.images() {
             store.list(&key, &record);
         }
         Ok(store)
     }
 
-    fn path(&self, kind: &str, key: &str) -> PathBuf {
-        self.root.join(kind).join(key)
-    }
-
-    fn put(&self, path: PathBuf, bytes: &[u8]) {
-        if let Err(err) = super::write_atomic(&self.tmp_dir, &path, bytes) {
-            log::warn!("metadata: could not write {} ({err}); keeping it in memory", path.display());
-            self.unwritten.lock().unwrap().insert(path, bytes.to_vec());
+    fn put(&self, kind: Kind, name: &str, bytes: &[u8]) {
+        if let Err(err) = self.storage.put(kind, name, bytes) {
+            log::warn!("metadata: could not write {}/{name} ({err}); keeping it in memory", kind.folder());
+            self.unwritten.lock().unwrap().insert((kind, name.to_string()), bytes.to_vec());
         }
     }
 
-    /// What is stored at `path`, if `intact` holds for it. What does not
-    /// hold is logged and removed; kept in memory, it was never on disk.
-    fn get(&self, path: &Path, intact: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
-        if let Some(bytes) = self.unwritten.lock().unwrap().get(path) {
+    /// What is stored as `name`, if `intact` holds for it. What does not
+    /// hold is logged and removed; kept in memory, it was never stored.
+    fn get(&self, kind: Kind, name: &str, intact: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+        if let Some(bytes) = self.unwritten.lock().unwrap().get(&(kind, name.to_string())) {
             return Some(bytes.clone());
         }
-        super::read_checked(path, intact)
+        super::read_checked(self.storage.as_ref(), kind, name, intact)
     }
 
-    fn put_json<T: Serialize>(&self, path: PathBuf, value: &T) {
-        self.put(path, &super::seal(&serde_json::to_vec(value).expect("records serialize")));
+    fn put_json<T: Serialize>(&self, kind: Kind, name: &str, value: &T) {
+        self.put(kind, name, &super::seal(&serde_json::to_vec(value).expect("records serialize")));
     }
 
-    fn get_json<T: DeserializeOwned>(&self, path: &Path) -> Option<T> {
-        let sealed = self.get(path, |bytes| super::unseal(bytes).is_some())?;
-        serde_json::from_slice(super::unseal(&sealed)?)
-            .inspect_err(|err| log::warn!("metadata: ignoring unreadable {}: {err}", path.display()))
-            .ok()
+    fn get_json<T: DeserializeOwned>(&self, kind: Kind, name: &str) -> Option<T> {
+        let sealed = self.get(kind, name, |bytes| super::unseal(bytes).is_some())?;
+        super::read_sealed(&sealed, &format!("{}/{name}", kind.folder()))
     }
 
     /// What is stored under `digest`, if it is what `digest` names.
-    fn get_by_digest(&self, kind: &str, digest: &Digest) -> Option<Vec<u8>> {
-        self.get(&self.path(kind, digest.hex()), |bytes| Digest::of(bytes) == *digest)
+    fn get_by_digest(&self, kind: Kind, digest: &Digest) -> Option<Vec<u8>> {
+        self.get(kind, digest.hex(), |bytes| Digest::of(bytes) == *digest)
     }
 
     pub fn put_manifest(&self, manifest: &[u8]) -> Digest {
         let digest = Digest::of(manifest);
-        self.put(self.path("manifests", digest.hex()), manifest);
+        self.put(Kind::Manifests, digest.hex(), manifest);
         digest
     }
 
     pub fn manifest(&self, digest: &Digest) -> Option<Vec<u8>> {
-        self.get_by_digest("manifests", digest)
+        self.get_by_digest(Kind::Manifests, digest)
     }
 
     pub fn put_config(&self, config: &[u8]) -> Digest {
         let digest = Digest::of(config);
-        self.put(self.path("configs", digest.hex()), config);
+        self.put(Kind::Configs, digest.hex(), config);
         digest
     }
 
     pub fn config(&self, digest: &Digest) -> Option<Vec<u8>> {
-        self.get_by_digest("configs", digest)
+        self.get_by_digest(Kind::Configs, digest)
     }
 
     /// Records a generated layer under its blob digest and under its recipe key.
     pub fn put_layer(&self, source_key: &Digest, record: &LayerRecord) {
-        self.put_json(self.path("layers", record.digest.hex()), record);
-        self.put_json(self.path("sources", source_key.hex()), record);
+        self.put_json(Kind::Layers, record.digest.hex(), record);
+        self.put_json(Kind::Sources, source_key.hex(), record);
     }
 
     pub fn layer(&self, digest: &Digest) -> Option<LayerRecord> {
-        self.get_json(&self.path("layers", digest.hex())).filter(|record: &LayerRecord| record.digest == *digest)
+        self.get_json(Kind::Layers, digest.hex()).filter(|record: &LayerRecord| record.digest == *digest)
     }
 
     pub fn layer_by_source(&self, source_key: &Digest) -> Option<LayerRecord> {
-        self.get_json(&self.path("sources", source_key.hex()))
+        self.get_json(Kind::Sources, source_key.hex())
     }
 
     pub fn put_image(&self, key: &Digest, record: &ImageRecord) {
-        self.put_json(self.path("images", key.hex()), record);
+        self.put_json(Kind::Images, key.hex(), record);
         self.list(key, record);
     }
 
@@ -180,25 +161,32 @@ impl MetadataStore {
     }
 
     pub fn image(&self, key: &Digest) -> Option<ImageRecord> {
-        self.get_json(&self.path("images", key.hex()))
+        self.get_json(Kind::Images, key.hex())
     }
 
     /// Records the artifacts that refer to the manifest `subject`.
     pub fn put_referrers(&self, subject: &Digest, referrers: &[Referrer]) {
-        self.put_json(self.path("referrers", subject.hex()), &referrers);
+        self.put_json(Kind::Referrers, subject.hex(), &referrers);
     }
 
     /// The artifacts that refer to the manifest `subject`, if any were recorded.
     pub fn referrers(&self, subject: &Digest) -> Option<Vec<Referrer>> {
-        self.get_json(&self.path("referrers", subject.hex()))
+        self.get_json(Kind::Referrers, subject.hex())
     }
 
     /// Every image built so far, with its key.
     pub fn images(&self) -> Vec<(Digest, ImageRecord)> {
-        let Ok(entries) = fs::read_dir(self.root.join("images")) else { return Vec::new() };
-        entries
-            .filter_map(|e| {
-                let key = Digest::from_hex(e.ok()?.file_name().to_str()?).ok()?;
+        let names = match self.storage.list(Kind::Images) {
+            Ok(names) => names,
+            Err(err) => {
+                log::warn!("metadata: cannot list the images ({err})");
+                return Vec::new();
+            }
+        };
+        names
+            .iter()
+            .filter_map(|name| {
+                let key = Digest::from_hex(name).ok()?;
                 Some((key.clone(), self.image(&key)?))
             })
             .collect()
@@ -208,6 +196,12 @@ impl MetadataStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::Path;
+
+    fn open(state: &Path) -> MetadataStore {
+        MetadataStore::open(Arc::new(crate::storage::FsStorage::open(state).unwrap())).unwrap()
+    }
 
     fn image_record(manifest: &Digest) -> ImageRecord {
         ImageRecord {
@@ -225,14 +219,14 @@ mod tests {
     fn survives_reopen() {
         let state = std::env::temp_dir().join(format!("flakeforge-meta-{}", std::process::id()));
         let _ = fs::remove_dir_all(&state);
-        let store = MetadataStore::open(&state).unwrap();
+        let store = open(&state);
         let digest = store.put_manifest(b"{\"schemaVersion\":2}");
         assert_eq!(digest, Digest::of(b"{\"schemaVersion\":2}"));
         let record = image_record(&digest);
         let key = Digest::of(b"key");
         store.put_image(&key, &record);
         drop(store);
-        let store = MetadataStore::open(&state).unwrap();
+        let store = open(&state);
         assert_eq!(store.manifest(&digest).unwrap(), b"{\"schemaVersion\":2}");
         assert!(store.config(&digest).is_none());
         assert_eq!(store.image(&key), Some(record.clone()));
@@ -250,7 +244,7 @@ mod tests {
         };
         store.put_referrers(&digest, std::slice::from_ref(&referrer));
         drop(store);
-        let store = MetadataStore::open(&state).unwrap();
+        let store = open(&state);
         assert_eq!(store.referrers(&digest), Some(vec![referrer]));
         fs::remove_dir_all(&state).unwrap();
     }
@@ -259,7 +253,7 @@ mod tests {
     fn what_does_not_match_is_removed_never_handed_out() {
         let state = std::env::temp_dir().join(format!("flakeforge-meta-damaged-{}", std::process::id()));
         let _ = fs::remove_dir_all(&state);
-        let store = MetadataStore::open(&state).unwrap();
+        let store = open(&state);
         let manifest = store.put_manifest(b"{\"schemaVersion\":2}");
         let config = store.put_config(b"{\"architecture\":\"amd64\"}");
         let record = image_record(&manifest);

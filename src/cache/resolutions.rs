@@ -1,4 +1,4 @@
-//! Which manifests an image name stood for, kept on disk so that a restart
+//! Which manifests an image name stood for, kept in the store so that a restart
 //! serves what was built without building again: by tag (what the tag was
 //! last built as: stale-while-revalidate starts from there) and by flake
 //! revision (a revision built once is never built again, under any tag).
@@ -6,14 +6,13 @@
 //! images (compression, systems, ...).
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::media_type::ManifestFormat;
+use crate::storage::{Kind, Storage};
 
 /// The image a name stood for at a revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,34 +23,27 @@ pub struct Resolution {
 }
 
 pub struct ResolutionStore {
-    dir: PathBuf,
-    tmp_dir: PathBuf,
+    storage: Arc<dyn Storage>,
 }
 
 impl ResolutionStore {
-    pub fn open(state_dir: &Path) -> io::Result<ResolutionStore> {
-        let dir = state_dir.join("resolutions");
-        let tmp_dir = state_dir.join("tmp").join("resolutions");
-        super::create_dir(&dir)?;
-        let _ = fs::remove_dir_all(&tmp_dir);
-        super::create_dir(&tmp_dir)?;
-        Ok(ResolutionStore { dir, tmp_dir })
+    pub fn open(storage: Arc<dyn Storage>) -> ResolutionStore {
+        ResolutionStore { storage }
     }
 
     /// The resolution stored under `key`, checked against the checksum it
     /// was sealed with (one that fails is removed); one that does not parse
     /// is ignored (and logged).
     pub fn get(&self, key: &Digest) -> Option<Resolution> {
-        let sealed = super::read_checked(&self.dir.join(key.hex()), |bytes| super::unseal(bytes).is_some())?;
-        serde_json::from_slice(super::unseal(&sealed)?)
-            .inspect_err(|err| log::warn!("resolutions: ignoring unreadable {}: {err}", key.hex()))
-            .ok()
+        let sealed =
+            super::read_checked(self.storage.as_ref(), Kind::Resolutions, key.hex(), |b| super::unseal(b).is_some())?;
+        super::read_sealed(&sealed, &format!("resolutions/{}", key.hex()))
     }
 
     /// Stores `resolution` under `key`; a failure (a full disk) only costs a rebuild after a restart.
     pub fn put(&self, key: &Digest, resolution: &Resolution) {
         let bytes = super::seal(&serde_json::to_vec(resolution).expect("resolutions serialize"));
-        if let Err(err) = super::write_atomic(&self.tmp_dir, &self.dir.join(key.hex()), &bytes) {
+        if let Err(err) = self.storage.put(Kind::Resolutions, key.hex(), &bytes) {
             log::warn!("resolutions: could not keep {} ({err}); it is built again after a restart", key.hex());
         }
     }
@@ -60,12 +52,18 @@ impl ResolutionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::Path;
+
+    fn open(state: &Path) -> ResolutionStore {
+        ResolutionStore::open(Arc::new(crate::storage::FsStorage::open(state).unwrap()))
+    }
 
     /// A fresh store in a directory named after `test`, and a resolution to keep.
-    fn fresh_store(test: &str) -> (PathBuf, ResolutionStore, Digest, Resolution) {
+    fn fresh_store(test: &str) -> (std::path::PathBuf, ResolutionStore, Digest, Resolution) {
         let state = std::env::temp_dir().join(format!("flakeforge-resolutions-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&state);
-        let store = ResolutionStore::open(&state).unwrap();
+        let store = open(&state);
         let resolution = Resolution {
             revision: "0123456789abcdef0123456789abcdef01234567".into(),
             manifests: BTreeMap::from([(ManifestFormat::Oci, Digest::of(b"m"))]),
@@ -94,7 +92,7 @@ mod tests {
         assert!(store.get(&key).is_none());
         store.put(&key, &resolution);
         drop(store);
-        let store = ResolutionStore::open(&state).unwrap();
+        let store = open(&state);
         assert_eq!(store.get(&key), Some(resolution));
         fs::write(state.join("resolutions").join(key.hex()), b"{").unwrap();
         assert!(store.get(&key).is_none());

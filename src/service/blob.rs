@@ -3,12 +3,12 @@
 //! streamed to the client as it is produced and cached on the way when it
 //! checks out.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use super::regenerate::Regeneration;
 use super::{Service, ServiceError};
+use crate::cache::VerifiedBlob;
 use crate::digest::Digest;
 use crate::image::layer::LayerRecord;
 use crate::metrics;
@@ -16,7 +16,7 @@ use crate::metrics;
 /// Where a blob's bytes come from.
 pub enum BlobSource {
     Bytes(Vec<u8>),
-    File(File, u64),
+    Stored(VerifiedBlob),
     /// Not cached (evicted): read as its regeneration writes it.
     Regenerating(Arc<Regeneration>),
     /// Not cached and the cache has no room (a full disk): generated for this client alone.
@@ -27,7 +27,7 @@ impl BlobSource {
     pub fn size(&self) -> u64 {
         match self {
             BlobSource::Bytes(bytes) => bytes.len() as u64,
-            BlobSource::File(_, size) => *size,
+            BlobSource::Stored(blob) => blob.size(),
             BlobSource::Regenerating(regeneration) => regeneration.record.size,
             BlobSource::Generate(record) => record.size,
         }
@@ -59,12 +59,13 @@ impl Service {
             return Some(BlobSource::Bytes(config));
         }
         let record = self.layer_record(digest);
-        if let Some((file, size)) = self.blobs.open_blob(digest) {
+        if let Some(blob) = self.blobs.open_blob(digest) {
             // Blobs are not fsynced (that would halve cold generation): one
             // cut short by a crash is dropped here and made again.
+            let size = blob.size();
             if record.as_ref().is_none_or(|r| r.size == size) {
                 metrics::global().cache.hits.inc();
-                return Some(BlobSource::File(file, size));
+                return Some(BlobSource::Stored(blob));
             }
             log::warn!("cached blob {digest} has {size} bytes, not the recorded size; making it again");
             self.blobs.forget(digest);
@@ -78,10 +79,7 @@ impl Service {
     pub fn write_blob(&self, source: BlobSource, start: u64, end: u64, out: &mut dyn Write) -> io::Result<()> {
         match source {
             BlobSource::Bytes(bytes) => out.write_all(&bytes[start as usize..end as usize]),
-            BlobSource::File(mut file, _) => {
-                file.seek(SeekFrom::Start(start))?;
-                copy_exactly(&mut file, end - start, out)
-            }
+            BlobSource::Stored(blob) => copy_exactly(&mut blob.read_range(start, end)?, end - start, out),
             BlobSource::Regenerating(regeneration) => self.follow(&regeneration, start, end, out),
             BlobSource::Generate(record) => self.generate_range(&record, start, end, out),
         }

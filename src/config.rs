@@ -10,6 +10,7 @@ use crate::image::compress::Compression;
 use crate::nix::attr::LookupOptions;
 use crate::nix::scheduler::SchedulerOptions;
 use crate::service::{AttestOptions, BuildPolicy, PrebuildOptions};
+use crate::storage::StorageOptions;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -37,6 +38,8 @@ pub struct Config {
     pub prebuild: PrebuildOptions,
     /// What is attached to every image built (`--no-sbom`).
     pub attest: AttestOptions,
+    /// Where blobs and records are kept (`--storage`, `--s3-*`).
+    pub storage: StorageOptions,
 }
 
 /// Parses `1024`, `512K`, `10M`, `10G`, `1T` (binary units; a trailing `B`/`iB` is allowed).

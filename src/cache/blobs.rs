@@ -76,6 +76,9 @@ impl BlobStore {
             index.total += entry.size;
             index.lru.put(entry.digest, entry.size);
         }
+        // A bucket is shared: one replica's view of it is no ground to
+        // delete what others use (see README, "Replicas sharing a bucket").
+        let max_bytes = if storage.is_remote() { u64::MAX } else { max_bytes };
         metrics::global().cache.limit_bytes.set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
         index.publish();
         let store = BlobStore { storage, max_bytes, index: Mutex::new(index), verified: Condvar::new() };
@@ -161,6 +164,29 @@ impl BlobStore {
     pub fn forget(&self, digest: &Digest) {
         Self::drop_entry(&mut self.index.lock().unwrap(), digest);
         let _ = self.storage.remove_blob(digest, None);
+    }
+
+    /// Whether the store is reached over the network.
+    pub fn is_remote(&self) -> bool {
+        self.storage.is_remote()
+    }
+
+    /// A URL that fetches the stored blob `digest` for `valid_for`, if the
+    /// store has such URLs and holds it at `size` bytes (asked once, then
+    /// remembered). Its bytes are not hashed here: they were when stored,
+    /// and every client checks the digest of what it fetches.
+    pub fn presign(&self, digest: &Digest, size: u64, valid_for: std::time::Duration) -> Option<String> {
+        if !self.index.lock().unwrap().lru.contains(digest) {
+            let handle = self.storage.open_blob(digest).ok()??;
+            if handle.size() != size {
+                return None;
+            }
+            let mut index = self.index.lock().unwrap();
+            if index.lru.put(digest.clone(), size).is_none() {
+                index.total += size;
+            }
+        }
+        self.storage.presign_blob(digest, valid_for)
     }
 
     pub fn contains(&self, digest: &Digest) -> bool {

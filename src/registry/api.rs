@@ -215,6 +215,14 @@ impl Registry {
             .service
             .blob(&digest)
             .ok_or_else(|| RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not known here")))?;
+        if request.method == "GET" {
+            if let Some(url) = self.service.blob_redirect(&digest) {
+                return Ok(Response::new(307)
+                    .header("Location", url)
+                    .header("Docker-Content-Digest", digest.to_string())
+                    .bytes(Vec::new()));
+            }
+        }
         let size = source.size();
         let mut response = Response::new(200)
             .header("Content-Type", "application/octet-stream")
@@ -286,6 +294,10 @@ fn service_error(err: ServiceError, what: &str) -> RegistryError {
             RegistryError::new(ErrorCode::TooManyRequests, format!("{what}: {err}"))
                 .with_retry_after(retry_after.as_secs().max(1))
         }
+        ServiceError::BlobUnknown(message) => RegistryError::new(ErrorCode::BlobUnknown, message),
+        ServiceError::StoreUnavailable => RegistryError::new(ErrorCode::Unknown, format!("{what}: {err}"))
+            .with_status(503)
+            .with_retry_after(RETRY_BUILDING_SECS),
         ServiceError::Internal(_) => RegistryError::new(ErrorCode::Unknown, err.to_string()),
     }
 }

@@ -21,6 +21,8 @@ pub enum BlobSource {
     Regenerating(Arc<Regeneration>),
     /// Not cached and the cache has no room (a full disk): generated for this client alone.
     Generate(LayerRecord),
+    /// In a remote store, or not: known by its record until its bytes are asked for.
+    Recorded(LayerRecord),
 }
 
 impl BlobSource {
@@ -29,7 +31,7 @@ impl BlobSource {
             BlobSource::Bytes(bytes) => bytes.len() as u64,
             BlobSource::Stored(blob) => blob.size(),
             BlobSource::Regenerating(regeneration) => regeneration.record.size,
-            BlobSource::Generate(record) => record.size,
+            BlobSource::Generate(record) | BlobSource::Recorded(record) => record.size,
         }
     }
 }
@@ -48,8 +50,36 @@ impl Service {
                 Some(regeneration) => Ok(BlobSource::Regenerating(regeneration)),
                 None => Ok(BlobSource::Generate(record)),
             },
+            BlobSource::Recorded(record) => match self.stored_blob(&record)? {
+                Some(blob) => Ok(BlobSource::Stored(blob)),
+                None if record.source.is_available() => self.open_blob(BlobSource::Generate(record)),
+                None => Err(ServiceError::BlobUnknown(format!(
+                    "blob {} is not in the storage and cannot be made again here",
+                    record.digest
+                ))),
+            },
             other => Ok(other),
         }
+    }
+
+    /// A 307 target for the blob `digest`: a presigned URL of the store,
+    /// when blobs are redirected and it holds the blob (configs are served
+    /// here: they are records).
+    pub fn blob_redirect(&self, digest: &Digest) -> Option<String> {
+        let valid_for = self.config.storage.redirect()?;
+        let record = self.layer_record(digest)?;
+        self.blobs.presign(digest, record.size, valid_for)
+    }
+
+    /// The blob of `record` from the store, verified; `None` if it is not there.
+    fn stored_blob(&self, record: &LayerRecord) -> Result<Option<VerifiedBlob>, ServiceError> {
+        let Some(blob) = self.blobs.open_blob(&record.digest) else { return Ok(None) };
+        if blob.size() == record.size {
+            return Ok(Some(blob));
+        }
+        log::warn!("stored blob {} has {} bytes, not the recorded size; making it again", record.digest, blob.size());
+        self.blobs.forget(&record.digest);
+        Ok(None)
     }
 
     /// The blob `digest`, `None` if it is not known here; an evicted layer
@@ -59,6 +89,10 @@ impl Service {
             return Some(BlobSource::Bytes(config));
         }
         let record = self.layer_record(digest);
+        if self.blobs.is_remote() {
+            // HEADs answer from the record; the store is asked when the bytes are.
+            return record.map(BlobSource::Recorded);
+        }
         if let Some(blob) = self.blobs.open_blob(digest) {
             // Blobs are not fsynced (that would halve cold generation): one
             // cut short by a crash is dropped here and made again.
@@ -81,7 +115,9 @@ impl Service {
             BlobSource::Bytes(bytes) => out.write_all(&bytes[start as usize..end as usize]),
             BlobSource::Stored(blob) => copy_exactly(&mut blob.read_range(start, end)?, end - start, out),
             BlobSource::Regenerating(regeneration) => self.follow(&regeneration, start, end, out),
-            BlobSource::Generate(record) => self.generate_range(&record, start, end, out),
+            BlobSource::Generate(record) | BlobSource::Recorded(record) => {
+                self.generate_range(&record, start, end, out)
+            }
         }
     }
 }

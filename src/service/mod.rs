@@ -41,7 +41,6 @@ use crate::media_type::ManifestFormat;
 use crate::nix::scheduler::{SchedulerStatus, Work};
 use crate::nix::{attr, LockedFlake, Nix, NixError};
 use crate::reference::{RepoName, Tag};
-use crate::storage::{FsStorage, Storage};
 use jobs::Jobs;
 use prebuild::Watch;
 use regenerate::Regenerations;
@@ -100,6 +99,13 @@ pub enum ServiceError {
     TooManyBuilds,
     #[error("too many requests that run Nix from this address; try again in {} s", retry_after.as_secs())]
     RateLimited { retry_after: Duration },
+    /// A layer whose record is known, not in the store, and whose store
+    /// paths are not here to make it again.
+    #[error("{0}")]
+    BlobUnknown(String),
+    /// The shared store cannot be reached (or fails): asking again later works.
+    #[error("the storage is unavailable; try again later")]
+    StoreUnavailable,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -195,7 +201,8 @@ impl Service {
         std::fs::create_dir_all(&config.state_dir)?;
         let nix = Nix::new(config.nix.clone(), config.build_timeout, &config.scheduler).with_lookup(config.lookup);
         let max_generations = config.scheduler.max_builds;
-        let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(&config.state_dir)?);
+        let storage = config.storage.open(&config.state_dir).map_err(io::Error::other)?;
+        log::info!("storage: {}", storage.describe());
         let blobs = BlobStore::open(storage.clone(), config.cache_size)?;
         let meta = MetadataStore::open(storage.clone())?;
         let resolutions = ResolutionStore::open(storage.clone());

@@ -1,17 +1,55 @@
 //! Where blobs and records are kept: a small [`Storage`] interface with a
-//! local directory ([`fs`], the default) behind it. It moves bytes and
+//! local directory ([`fs`], the default) or an S3-compatible bucket shared
+//! by replicas ([`s3`]) behind it. It moves bytes and
 //! nothing else: what is read is checked against its digest or seal in
 //! `cache/`, the one place that reads, whatever the backend.
 
 pub mod fs;
+pub mod s3;
 
 use std::io::{self, Read};
 use std::path::Path;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
 
 pub use fs::FsStorage;
+pub use s3::{S3Options, S3Storage};
+
+/// Which store, and how blobs reach clients (`--storage`, `--s3-*`).
+#[derive(Debug, Clone, Default)]
+pub enum StorageOptions {
+    /// The state directory (the default).
+    #[default]
+    Fs,
+    S3 {
+        options: S3Options,
+        /// Blob GETs answered with a redirect to a presigned URL valid this
+        /// long; `None` streams them through the replica (`--s3-redirect false`).
+        redirect: Option<Duration>,
+    },
+}
+
+impl StorageOptions {
+    /// Opens the store; `state_dir` keeps what stays local (staging, GC roots).
+    pub fn open(&self, state_dir: &Path) -> Result<Arc<dyn Storage>, StorageError> {
+        match self {
+            StorageOptions::Fs => Ok(Arc::new(FsStorage::open(state_dir)?)),
+            StorageOptions::S3 { options, .. } => {
+                Ok(Arc::new(S3Storage::open(options, state_dir.join("tmp").join("blobs"))?))
+            }
+        }
+    }
+
+    /// How long a blob redirect is valid, if blobs are redirected.
+    pub fn redirect(&self) -> Option<Duration> {
+        match self {
+            StorageOptions::Fs => None,
+            StorageOptions::S3 { redirect, .. } => *redirect,
+        }
+    }
+}
 
 /// The kinds of small object kept, each a folder (fs) or a prefix (s3) of
 /// its own, named by a digest's hex.
@@ -98,6 +136,15 @@ pub trait BlobHandle: Send {
 pub enum StorageError {
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The store cannot be reached, or answers that it is failing (5xx).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused (a 4xx other than a missing object), or answered what cannot be read.
+    #[error("{0}")]
+    Store(String),
+    /// The settings do not make a store.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A store of small objects and blobs. Every method is a plain transfer;
@@ -129,4 +176,16 @@ pub trait Storage: Send + Sync {
     fn remove_blob(&self, digest: &Digest, at: Option<&Version>) -> Result<(), StorageError>;
     /// The local folder blobs are written into before [`Storage::put_blob`].
     fn staging_dir(&self) -> &Path;
+
+    /// Whether reaching the store costs a request over the network (then
+    /// HEADs answer from recorded sizes).
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    /// A URL that fetches the blob `digest` (and nothing else) for
+    /// `valid_for`, without credentials; `None` if the store has none.
+    fn presign_blob(&self, _digest: &Digest, _valid_for: Duration) -> Option<String> {
+        None
+    }
 }

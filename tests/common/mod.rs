@@ -1,7 +1,7 @@
 //! What the integration tests share: scratch directories, the real
 //! `flakeforge` binary on a free loopback port, a generated test flake built
 //! with busybox alone, and the container clients (skopeo, podman, dockerd,
-//! containerd) started by hand, with docker-registry as a stand-in registry
+//! containerd) started by hand, SeaweedFS as a real S3 store, with docker-registry as a stand-in registry
 //! for checking the harness itself. A missing tool fails a test; nothing skips.
 #![allow(dead_code, unused_imports)]
 
@@ -9,6 +9,7 @@ pub mod auth;
 pub mod clients;
 pub mod flake;
 pub mod image_kinds;
+pub mod seaweedfs;
 pub mod server;
 mod test_dir;
 pub mod tls_client;

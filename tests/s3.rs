@@ -1,0 +1,122 @@
+//! Replicas sharing one S3 bucket, against the real store (SeaweedFS on
+//! loopback, started and stopped by the test) and real clients: what one
+//! replica built is served by another without Nix or layer generation,
+//! blob GETs are redirected to presigned URLs the clients follow, and
+//! every blob checks out against its digest.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use common::clients::{skopeo_copy, Containerd, Dockerd, Podman};
+use common::flake::HELLO;
+use common::seaweedfs::SeaweedFs;
+use common::server::HttpResponse;
+use common::{run_ok, FlakeforgeServer, TestDir, TestFlake};
+use flakeforge::digest::Digest;
+
+const BUCKET: &str = "flakeforge-test";
+
+/// `--storage` and friends for a replica of `store`, credentials from a file.
+fn s3_args(store: &SeaweedFs, credentials: &TestDir, more: &[&str]) -> Vec<String> {
+    let file = store.credentials_file(credentials);
+    let mut args = vec![
+        "--storage".to_string(),
+        format!("s3://{BUCKET}/replicas"),
+        "--s3-endpoint".into(),
+        store.endpoint(),
+        "--s3-credentials".into(),
+        file.display().to_string(),
+    ];
+    args.extend(more.iter().map(|a| a.to_string()));
+    args
+}
+
+fn start(flake: &TestFlake, args: &[String]) -> FlakeforgeServer {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    FlakeforgeServer::start(flake.path(), &args)
+}
+
+/// The layer digests of `copy` (a skopeo `dir:` copy, whose digests skopeo checked).
+fn layers_of(copy: &TestDir) -> Vec<String> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(copy.path().join("manifest.json")).unwrap()).unwrap();
+    manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+}
+
+fn curl(url: &str) -> (u16, Vec<u8>) {
+    let out = TestDir::new();
+    let body = out.path().join("body");
+    let status = run_ok(
+        Command::new("curl").args(["-s", "-o"]).arg(&body).args(["-w", "%{http_code}", "--max-time", "120", url]),
+        150,
+    );
+    (status.trim().parse().unwrap(), fs::read(&body).unwrap_or_default())
+}
+
+fn generated_layers(server: &FlakeforgeServer) -> usize {
+    server.log().lines().filter(|l| l.contains("generated layer") || l.contains("regenerated layer")).count()
+}
+
+#[test]
+fn replicas_share_one_bucket_and_clients_follow_redirects() {
+    let store = SeaweedFs::start(BUCKET);
+    let flake = TestFlake::new();
+    let credentials = TestDir::new();
+
+    // Replica A streams blobs through itself: it builds, generates the
+    // layers and keeps them in the bucket.
+    let a = start(&flake, &s3_args(&store, &credentials, &["--s3-redirect", "false"]));
+    let from_a = skopeo_copy(&format!("{}/hello", a.host()), &["--src-tls-verify=false"]);
+    assert!(a.nix_builds() > 0, "A built nothing:\n{}", a.log());
+    let layers = layers_of(&from_a);
+    let stored = store.keys(BUCKET, "replicas/blobs/sha256/");
+    for layer in &layers {
+        let key = format!("replicas/blobs/sha256/{}", layer.trim_start_matches("sha256:"));
+        assert!(stored.contains(&key), "{key} is not in the bucket: {stored:?}\n{}", a.log());
+    }
+    assert!(
+        !store.keys(BUCKET, "replicas/images/").is_empty() && !store.keys(BUCKET, "replicas/manifests/").is_empty()
+    );
+    // Streamed through A: no redirect.
+    let blob = a.get(&format!("/v2/hello/blobs/{}", layers[0]));
+    assert_eq!(blob.status, 200);
+    assert_eq!(Digest::of(&blob.body).to_string(), layers[0]);
+
+    // Replica B, its own state directory, the same bucket: it serves A's
+    // image without building or generating anything.
+    let b = start(&flake, &s3_args(&store, &credentials, &["--s3-redirect-expiry", "5"]));
+    let from_b = skopeo_copy(&format!("{}/hello", b.host()), &["--src-tls-verify=false"]);
+    assert_eq!(layers_of(&from_b), layers);
+    let podman = Podman::new();
+    let image = format!("{}/hello", b.host());
+    podman.run(&["pull", "-q", "--tls-verify=false", &image]);
+    assert_eq!(podman.run(&["run", "--rm", &image]).trim(), HELLO);
+    let docker = Dockerd::start();
+    docker.docker(&["pull", "-q", &image]);
+    assert_eq!(docker.docker(&["run", "--rm", "--network", "none", &image]).trim(), HELLO);
+    let containerd = Containerd::start();
+    containerd.ctr(&["images", "pull", "--plain-http", &format!("{image}:latest")]);
+    assert_eq!(b.nix_builds(), 0, "B ran nix build:\n{}", b.log());
+    assert_eq!(generated_layers(&b), 0, "B generated layers:\n{}", b.log());
+
+    // A blob GET on B is a 307 to a presigned URL of that blob alone.
+    let redirect: HttpResponse = b.get(&format!("/v2/hello/blobs/{}", layers[0]));
+    assert_eq!(redirect.status, 307, "{}", String::from_utf8_lossy(&redirect.body));
+    let location = redirect.header("location").unwrap().to_string();
+    assert!(location.starts_with(&store.endpoint()) && location.contains("X-Amz-Signature="), "{location}");
+    let (status, bytes) = curl(&location);
+    assert_eq!(status, 200);
+    assert_eq!(Digest::of(&bytes).to_string(), layers[0]);
+    // Another object under the same signature is refused.
+    let other = location.replace(layers[0].trim_start_matches("sha256:"), layers[1].trim_start_matches("sha256:"));
+    assert_eq!(curl(&other).0, 403, "a presigned URL served another object");
+    // A HEAD answers from the recorded size: 200 and the size, no redirect.
+    let head = b.request("HEAD", &format!("/v2/hello/blobs/{}", layers[0]), &[]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length").unwrap(), bytes.len().to_string());
+    // The URL expires (--s3-redirect-expiry 5).
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert_eq!(curl(&location).0, 403, "an expired presigned URL still served");
+}

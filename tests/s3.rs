@@ -61,7 +61,7 @@ fn generated_layers(server: &FlakeforgeServer) -> usize {
 
 #[test]
 fn replicas_share_one_bucket_and_clients_follow_redirects() {
-    let store = SeaweedFs::start(BUCKET);
+    let mut store = SeaweedFs::start(BUCKET);
     let flake = TestFlake::new();
     let credentials = TestDir::new();
 
@@ -119,4 +119,27 @@ fn replicas_share_one_bucket_and_clients_follow_redirects() {
     // The URL expires (--s3-redirect-expiry 5).
     std::thread::sleep(std::time::Duration::from_secs(7));
     assert_eq!(curl(&location).0, 403, "an expired presigned URL still served");
+
+    // The store goes away: a clear, retryable 503, no build, nothing recorded.
+    store.stop();
+    for path in ["/v2/hello/manifests/latest".to_string(), format!("/v2/hello/blobs/{}", layers[0])] {
+        let answer = b.get(&path);
+        assert_eq!(answer.status, 503, "{path}: {}", String::from_utf8_lossy(&answer.body));
+        assert_eq!(answer.error_code(), "UNKNOWN");
+        assert!(answer.error_message().contains("storage is unavailable"), "{}", answer.error_message());
+        assert!(answer.header("retry-after").is_some());
+    }
+    let (ok, _) = common::run_capture(
+        Command::new("skopeo").args(["inspect", "--tls-verify=false", &format!("docker://{image}")]),
+        120,
+    );
+    assert!(!ok, "skopeo inspected the image with the store down");
+    // It comes back: served again, as before, still without a build.
+    store.restart();
+    let again = skopeo_copy(&format!("{}/hello", b.host()), &["--src-tls-verify=false"]);
+    assert_eq!(layers_of(&again), layers);
+    assert_eq!(b.nix_builds(), 0, "B built while the store was away:\n{}", b.log());
+    for replica in [&a, &b] {
+        assert!(!replica.log().contains("does not match its digest"), "{}", replica.log());
+    }
 }

@@ -89,14 +89,15 @@ impl Registry {
             Route::Manifest { name, reference } => {
                 let name = parse_name(name)?;
                 identity.require(Right::Pull, &name.canonical())?;
-                self.manifest(request, identity, name, reference)
+                let what = name.to_string();
+                self.manifest(request, identity, name, reference).map_err(|e| self.unless_store_down(e, &what))
             }
             Route::Blob { name, digest } => {
                 let name = parse_name(name)?;
                 identity.require(Right::Pull, &name.canonical())?;
                 let digest = parse_digest(digest, ErrorCode::BlobUnknown)?;
                 self.require_holder(identity, &digest)?;
-                self.blob(request, digest)
+                self.blob(request, digest.clone()).map_err(|e| self.unless_store_down(e, &format!("blob {digest}")))
             }
             Route::Referrers { name, digest } => {
                 let name = parse_name(name)?;
@@ -107,6 +108,16 @@ impl Registry {
             }
             Route::Upload { .. } => Err(RegistryError::new(ErrorCode::Unsupported, "this registry is read-only")),
             Route::NotFound => Err(RegistryError::new(ErrorCode::Unsupported, "no such endpoint").with_status(404)),
+        }
+    }
+
+    /// A "not known" or failure answered while the store is down is a 503:
+    /// what was not found may well be there.
+    fn unless_store_down(&self, error: RegistryError, what: &str) -> RegistryError {
+        if error.status >= 404 && error.status != 429 && self.service.store_is_down() {
+            service_error(ServiceError::StoreUnavailable, what)
+        } else {
+            error
         }
     }
 

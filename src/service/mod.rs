@@ -41,6 +41,7 @@ use crate::media_type::ManifestFormat;
 use crate::nix::scheduler::{SchedulerStatus, Work};
 use crate::nix::{attr, LockedFlake, Nix, NixError};
 use crate::reference::{RepoName, Tag};
+use crate::storage::Storage;
 use jobs::Jobs;
 use prebuild::Watch;
 use regenerate::Regenerations;
@@ -176,6 +177,8 @@ pub struct BuildsStatus {
 pub struct Service {
     me: Weak<Service>,
     config: Config,
+    /// Where `blobs`, `meta` and `resolutions` keep what they keep (asked only whether it is down).
+    storage: Arc<dyn Storage>,
     nix: Nix,
     blobs: BlobStore,
     meta: MetadataStore,
@@ -206,9 +209,10 @@ impl Service {
         let blobs = BlobStore::open(storage.clone(), config.cache_size)?;
         let meta = MetadataStore::open(storage.clone())?;
         let resolutions = ResolutionStore::open(storage.clone());
-        let names = ImageNames::open(storage);
+        let names = ImageNames::open(storage.clone());
         Ok(Arc::new_cyclic(|me| Service {
             me: me.clone(),
+            storage,
             blobs,
             meta,
             resolutions,
@@ -226,6 +230,11 @@ impl Service {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Whether the store could not be reached at its last request.
+    pub fn store_is_down(&self) -> bool {
+        self.storage.is_down()
     }
 
     fn this(&self) -> Arc<Service> {

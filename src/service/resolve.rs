@@ -129,6 +129,7 @@ impl Service {
         });
         let resolution = match found {
             Some(resolution) => resolution,
+            None if self.storage.is_down() => return Err(ServiceError::StoreUnavailable),
             None => {
                 job.note(&format!(
                     "building {canonical}:{tag} for {} at revision {}",

@@ -183,6 +183,12 @@ pub trait Storage: Send + Sync {
         false
     }
 
+    /// Whether the store could not be reached (or failed) at its last
+    /// request: what was not found may be there.
+    fn is_down(&self) -> bool {
+        false
+    }
+
     /// A URL that fetches the blob `digest` (and nothing else) for
     /// `valid_for`, without credentials; `None` if the store has none.
     fn presign_blob(&self, _digest: &Digest, _valid_for: Duration) -> Option<String> {

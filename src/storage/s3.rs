@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -50,6 +51,8 @@ struct Client {
     credentials: Credentials,
     agent: ureq::Agent,
     prefix: String,
+    /// Whether the last request could not reach the store or got a 5xx.
+    down: AtomicBool,
 }
 
 pub struct S3Storage {
@@ -81,7 +84,8 @@ impl S3Storage {
             .into();
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging)?;
-        let client = Client { bucket, credentials, agent, prefix: options.prefix.clone() };
+        let client =
+            Client { bucket, credentials, agent, prefix: options.prefix.clone(), down: AtomicBool::new(false) };
         let described = format!("s3://{}/{} at {endpoint}", options.bucket, options.prefix);
         let storage = S3Storage { client: Arc::new(client), staging, described };
         // Fails now, with the store's answer, rather than at the first pull.
@@ -160,7 +164,22 @@ impl Client {
         &self,
         request: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
     ) -> Result<ureq::http::Response<ureq::Body>, StorageError> {
-        request.call().map_err(store_error)
+        self.track(request.call())
+    }
+
+    /// Notes whether the store answered (and not with a 5xx).
+    fn track(
+        &self,
+        sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>, StorageError> {
+        let reached = sent.as_ref().is_ok_and(|response| !response.status().is_server_error());
+        if self.down.swap(!reached, Ordering::Relaxed) != !reached {
+            match reached {
+                true => log::info!("the store answers again"),
+                false => log::warn!("the store cannot be reached or fails: answering 503 until it is back"),
+            }
+        }
+        sent.map_err(store_error)
     }
 
     fn unexpected(&self, method: &str, key: &str, status: u16) -> StorageError {
@@ -238,7 +257,7 @@ impl Storage for S3Storage {
     fn put(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
         let key = self.key(kind, name);
         let url = self.client.bucket.put_object(Some(&self.client.credentials), &key).sign(SIGNED_FOR);
-        let response = self.client.agent.put(url.as_str()).send(bytes).map_err(store_error)?;
+        let response = self.client.track(self.client.agent.put(url.as_str()).send(bytes))?;
         match response.status().as_u16() {
             200 | 201 | 204 => Ok(()),
             status => Err(self.client.unexpected("PUT", &key, status)),
@@ -292,13 +311,13 @@ impl Storage for S3Storage {
             let mut file = File::open(staged)?;
             let size = file.metadata()?.len();
             let url = self.client.bucket.put_object(Some(&self.client.credentials), &key).sign(SIGNED_FOR);
-            let response = self
+            let sent = self
                 .client
                 .agent
                 .put(url.as_str())
                 .header("Content-Length", size.to_string())
-                .send(ureq::SendBody::from_reader(&mut file))
-                .map_err(store_error)?;
+                .send(ureq::SendBody::from_reader(&mut file));
+            let response = self.client.track(sent)?;
             match response.status().as_u16() {
                 200 | 201 | 204 => Ok(etag(&response)),
                 status => Err(self.client.unexpected("PUT", &key, status)),
@@ -318,6 +337,10 @@ impl Storage for S3Storage {
 
     fn is_remote(&self) -> bool {
         true
+    }
+
+    fn is_down(&self) -> bool {
+        self.client.down.load(Ordering::Relaxed)
     }
 
     fn presign_blob(&self, digest: &Digest, valid_for: Duration) -> Option<String> {
@@ -352,7 +375,7 @@ impl BlobHandle for S3Blob {
         if !self.version.0.is_empty() {
             request = request.header("If-Match", &self.version.0);
         }
-        let response = request.call().map_err(io::Error::other)?;
+        let response = self.client.track(request.call()).map_err(io::Error::other)?;
         match response.status().as_u16() {
             206 => {
                 let reader = response.into_body().into_with_config().limit(u64::MAX).reader();

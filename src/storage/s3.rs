@@ -173,7 +173,7 @@ impl Client {
         sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<ureq::http::Response<ureq::Body>, StorageError> {
         let reached = sent.as_ref().is_ok_and(|response| !response.status().is_server_error());
-        if self.down.swap(!reached, Ordering::Relaxed) != !reached {
+        if self.down.swap(!reached, Ordering::Relaxed) == reached {
             match reached {
                 true => log::info!("the store answers again"),
                 false => log::warn!("the store cannot be reached or fails: answering 503 until it is back"),

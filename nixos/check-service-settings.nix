@@ -97,6 +97,14 @@ let
         compression = "gzip";
         logLevel = "info";
         extraArgs = [ ];
+        storage.s3 = {
+          bucket = null;
+          prefix = "flakeforge";
+          endpoint = null;
+          region = null;
+          redirect = true;
+          redirectExpiry = 300;
+        };
         environmentFile = null;
         inherit auth;
       };

@@ -79,6 +79,32 @@ let
         name
       ]) cfg.tls.hostnames;
 
+  s3 = cfg.storage.s3;
+  # Passed only when a bucket is set (and the S3 flags only when they differ
+  # from flakeforge's defaults), so flakeforges without S3 keep working.
+  storageArgs = lib.optionals (s3.bucket != null) (
+    [
+      "--storage"
+      "s3://${s3.bucket}/${s3.prefix}"
+    ]
+    ++ lib.optionals (s3.endpoint != null) [
+      "--s3-endpoint"
+      s3.endpoint
+    ]
+    ++ lib.optionals (s3.region != null) [
+      "--s3-region"
+      s3.region
+    ]
+    ++ lib.optionals (!s3.redirect) [
+      "--s3-redirect"
+      "false"
+    ]
+    ++ lib.optionals (s3.redirectExpiry != 300) [
+      "--s3-redirect-expiry"
+      (toString s3.redirectExpiry)
+    ]
+  );
+
   args = [
     "${cfg.package}/bin/flakeforge"
     "serve"
@@ -104,6 +130,7 @@ let
     (listenArg address)
   ]) cfg.listen
   ++ tlsArgs
+  ++ storageArgs
   # `--system` came with multi-arch images. The default (the host's system)
   # is what flakeforge serves without the flag, so it is only passed when
   # the list says something else, and older flakeforges keep working.
@@ -499,6 +526,48 @@ in
       };
     };
 
+    storage.s3 = {
+      bucket = mkOption {
+        type = types.nullOr (types.strMatching "[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]");
+        default = null;
+        example = "images";
+        description = ''
+          An S3-compatible bucket (it must exist) to keep blobs, manifests
+          and records in, shared by every replica that names it; null keeps
+          them in the state directory. The credentials come from the
+          environment: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` in
+          `environmentFile`.
+        '';
+      };
+      prefix = mkOption {
+        type = types.strMatching "([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?";
+        default = "flakeforge";
+        description = "The key prefix in the bucket (without slashes at either end).";
+      };
+      endpoint = mkOption {
+        type = types.nullOr (types.strMatching "https?://.+");
+        default = null;
+        example = "http://127.0.0.1:8333";
+        description = "The endpoint of a self-hosted store (SeaweedFS, MinIO, Garage, Ceph), addressed path-style; null: AWS S3.";
+      };
+      region = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "eu-central-1";
+        description = "The region requests are signed for; null: `AWS_REGION` from the environment, else `us-east-1`.";
+      };
+      redirect = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Answer layer blob GETs with a 307 to a presigned URL of the bucket; false streams them through the service (for a store clients cannot reach).";
+      };
+      redirectExpiry = mkOption {
+        type = types.ints.between 1 604800;
+        default = 300;
+        description = "Seconds a redirect's presigned URL stays valid.";
+      };
+    };
+
     environmentFile = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -507,7 +576,8 @@ in
         An absolute path to a file of `NAME=value` lines for the service's
         environment, read by systemd at start (so it may be readable by
         root only), e.g. `NIX_CONFIG=access-tokens = github.com=ghp_...` to
-        serve a private flake.
+        serve a private flake, or `AWS_ACCESS_KEY_ID=...` and
+        `AWS_SECRET_ACCESS_KEY=...` for `storage.s3`.
       '';
     };
   };

@@ -143,3 +143,31 @@ fn replicas_share_one_bucket_and_clients_follow_redirects() {
         assert!(!replica.log().contains("does not match its digest"), "{}", replica.log());
     }
 }
+
+/// `nix build` runs of `attr` in `server`'s log.
+fn builds_of(server: &FlakeforgeServer, attr: &str) -> usize {
+    server.log().lines().filter(|l| l.contains("nix build ") && l.contains(&format!(".{attr}: "))).count()
+}
+
+#[test]
+fn two_replicas_asked_at_once_build_once() {
+    let store = SeaweedFs::start(BUCKET);
+    // A build of several seconds (unique to this flake), so both replicas ask while it runs.
+    let flake = TestFlake::small("built once");
+    flake.write_small("built once", "${bb} sleep 6;");
+    let credentials = TestDir::new();
+    let args = s3_args(&store, &credentials, &[]);
+    let (a, b) = (start(&flake, &args), start(&flake, &args));
+    let (from_a, from_b) = std::thread::scope(|scope| {
+        let from_a = scope.spawn(|| a.get("/v2/hello/manifests/latest"));
+        let from_b = scope.spawn(|| b.get("/v2/hello/manifests/latest"));
+        (from_a.join().unwrap(), from_b.join().unwrap())
+    });
+    assert_eq!((from_a.status, from_b.status), (200, 200), "{}\n{}", a.log(), b.log());
+    assert_eq!(from_a.header("docker-content-digest"), from_b.header("docker-content-digest"));
+    assert_eq!(from_a.body, from_b.body);
+    assert_eq!(builds_of(&a, "hello") + builds_of(&b, "hello"), 1, "A:\n{}\nB:\n{}", a.log(), b.log());
+    let waited = [&a, &b].iter().filter(|s| s.log().contains("is held by another replica")).count();
+    assert_eq!(waited, 1, "one replica waited for the other's lease");
+    assert_eq!(store.keys(BUCKET, "replicas/leases/"), Vec::<String>::new(), "the lease was left behind");
+}

@@ -11,6 +11,7 @@ mod catalog;
 mod inventory;
 pub mod job;
 mod jobs;
+mod lease;
 mod plan;
 pub mod prebuild;
 mod regenerate;

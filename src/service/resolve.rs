@@ -21,6 +21,7 @@ use serde_json::json;
 
 use super::job::{Job, Trigger};
 use super::jobs::Started;
+use super::lease::Claim;
 use super::{plan, ResolvedTag, Service, ServiceError};
 use crate::cache::{ImageRecord, Resolution};
 use crate::digest::Digest;
@@ -113,7 +114,7 @@ impl Service {
     }
 
     /// Every manifest there, or made again from its image's record.
-    fn is_complete(&self, resolution: &Resolution) -> bool {
+    pub(super) fn is_complete(&self, resolution: &Resolution) -> bool {
         resolution.manifests.values().all(|digest| self.manifest(digest).is_some())
     }
 
@@ -124,23 +125,24 @@ impl Service {
         job.set_revision(&locked.revision);
         let canonical = name.canonical();
         let found = self.current(name, tag).filter(|current| current.revision == locked.revision);
-        let found = found.or_else(|| {
-            self.resolutions.get(&self.revision_key(&canonical, &locked.revision)).filter(|r| self.is_complete(r))
-        });
+        let found = found.or_else(|| self.stored_resolution(&self.revision_key(&canonical, &locked.revision)));
         let resolution = match found {
             Some(resolution) => resolution,
             None if self.storage.is_down() => return Err(ServiceError::StoreUnavailable),
-            None => {
-                job.note(&format!(
-                    "building {canonical}:{tag} for {} at revision {}",
-                    self.config.systems.join(", "),
-                    locked.short_revision()
-                ));
-                let resolved = self.build_tag(name, tag, &locked, &nix)?;
-                let resolution = Resolution { revision: locked.revision.clone(), manifests: resolved.manifests };
-                self.resolutions.put(&self.revision_key(&canonical, &locked.revision), &resolution);
-                resolution
-            }
+            None => match self.claim_build(&self.revision_key(&canonical, &locked.revision), job)? {
+                Claim::Built(resolution) => resolution,
+                Claim::Build(_lease) => {
+                    job.note(&format!(
+                        "building {canonical}:{tag} for {} at revision {}",
+                        self.config.systems.join(", "),
+                        locked.short_revision()
+                    ));
+                    let resolved = self.build_tag(name, tag, &locked, &nix)?;
+                    let resolution = Resolution { revision: locked.revision.clone(), manifests: resolved.manifests };
+                    self.resolutions.put(&self.revision_key(&canonical, &locked.revision), &resolution);
+                    resolution
+                }
+            },
         };
         // The switch: from here on the tag is served as this image, whose
         // digests its name may fetch first.

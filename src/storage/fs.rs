@@ -73,6 +73,20 @@ impl Storage for FsStorage {
         Ok(write_atomic(&self.tmp_dir, &self.path(kind, name), bytes)?)
     }
 
+    /// A complete temporary file, hard-linked into place: the link fails if the name is taken.
+    fn create(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<Option<Version>, StorageError> {
+        let tmp = self.tmp_dir.join(temp_name());
+        fs::write(&tmp, bytes)?;
+        let path = self.path(kind, name);
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(Some(stamp(&fs::symlink_metadata(&path)?))),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     fn remove(&self, kind: Kind, name: &str, version: &Version) -> Result<(), StorageError> {
         remove_if_version(&self.path(kind, name), version)
     }

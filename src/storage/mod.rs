@@ -71,10 +71,12 @@ pub enum Kind {
     Resolutions,
     /// The image names holding a digest, by the digest.
     Names,
+    /// Who builds an image now, by its revision key (see `service/lease.rs`).
+    Leases,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Manifests,
         Kind::Configs,
         Kind::Layers,
@@ -83,6 +85,7 @@ impl Kind {
         Kind::Referrers,
         Kind::Resolutions,
         Kind::Names,
+        Kind::Leases,
     ];
 
     pub fn folder(self) -> &'static str {
@@ -95,6 +98,7 @@ impl Kind {
             Kind::Referrers => "referrers",
             Kind::Resolutions => "resolutions",
             Kind::Names => "names",
+            Kind::Leases => "leases",
         }
     }
 }
@@ -157,6 +161,10 @@ pub trait Storage: Send + Sync {
     fn get(&self, kind: Kind, name: &str) -> Result<Option<Stored>, StorageError>;
     /// Stores `bytes` as `name` whole or not at all.
     fn put(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<(), StorageError>;
+    /// Stores `bytes` as `name` only if there is no `name` yet, in one
+    /// step no other writer can come between: the version stored, or
+    /// `None` if `name` was there.
+    fn create(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<Option<Version>, StorageError>;
     /// Removes `name` if it is still at `version` (a writer may have put a
     /// good copy there since it was read).
     fn remove(&self, kind: Kind, name: &str, version: &Version) -> Result<(), StorageError>;

@@ -109,11 +109,16 @@ impl S3Storage {
         self.client.key(&format!("blobs/sha256/{}", digest.hex()))
     }
 
-    fn delete(&self, key: &str) -> Result<(), StorageError> {
+    fn delete(&self, key: &str, at: Option<&Version>) -> Result<(), StorageError> {
         let url = self.client.bucket.delete_object(Some(&self.client.credentials), key).sign(SIGNED_FOR);
-        let response = self.client.call(self.client.agent.delete(url.as_str()))?;
+        let mut request = self.client.agent.delete(url.as_str());
+        if let Some(version) = at.filter(|v| !v.0.is_empty()) {
+            request = request.header("If-Match", &version.0);
+        }
+        let response = self.client.call(request)?;
         match response.status().as_u16() {
-            200 | 204 | 404 => Ok(()),
+            // 412: replaced since it was read; the new one stays.
+            200 | 204 | 404 | 412 => Ok(()),
             status => Err(self.client.unexpected("DELETE", key, status)),
         }
     }
@@ -264,10 +269,27 @@ impl Storage for S3Storage {
         }
     }
 
-    /// S3 has no conditional delete everywhere: this removes whatever is
-    /// there. A good copy put in the meantime is made again when asked for.
-    fn remove(&self, kind: Kind, name: &str, _version: &Version) -> Result<(), StorageError> {
-        self.delete(&self.key(kind, name))
+    /// `If-None-Match: *` (AWS S3 since 2024, SeaweedFS, MinIO): 412 when
+    /// the key exists. A store that ignores the header overwrites: then
+    /// every replica that asks believes it created it.
+    fn create(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<Option<Version>, StorageError> {
+        let key = self.key(kind, name);
+        let url = self.client.bucket.put_object(Some(&self.client.credentials), &key).sign(SIGNED_FOR);
+        let response =
+            self.client.track(self.client.agent.put(url.as_str()).header("If-None-Match", "*").send(bytes))?;
+        match response.status().as_u16() {
+            200 | 201 | 204 => Ok(Some(etag(&response))),
+            // 409: another conditional write to the key is under way.
+            412 | 409 => Ok(None),
+            status => Err(self.client.unexpected("PUT (If-None-Match)", &key, status)),
+        }
+    }
+
+    /// With `If-Match` on the version read; a store that does not check it
+    /// removes whatever is there (a good copy put in the meantime is made
+    /// again when asked for).
+    fn remove(&self, kind: Kind, name: &str, version: &Version) -> Result<(), StorageError> {
+        self.delete(&self.key(kind, name), Some(version))
     }
 
     fn list(&self, kind: Kind) -> Result<Vec<String>, StorageError> {
@@ -327,8 +349,8 @@ impl Storage for S3Storage {
         result
     }
 
-    fn remove_blob(&self, digest: &Digest, _at: Option<&Version>) -> Result<(), StorageError> {
-        self.delete(&self.blob_key(digest))
+    fn remove_blob(&self, digest: &Digest, at: Option<&Version>) -> Result<(), StorageError> {
+        self.delete(&self.blob_key(digest), at)
     }
 
     fn staging_dir(&self) -> &Path {

@@ -31,6 +31,7 @@ pub struct SeaweedFs {
     dir: TestDir,
     /// master, volume, filer, s3: each also uses its port + 10000 for gRPC.
     ports: [u16; 4],
+    bucket_name: String,
 }
 
 impl SeaweedFs {
@@ -50,12 +51,27 @@ impl SeaweedFs {
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]});
         fs::write(dir.path().join("s3.json"), identities.to_string()).unwrap();
-        let mut store = SeaweedFs { child: None, dir, ports: free_ports() };
+        let mut store = SeaweedFs { child: None, dir, ports: free_ports(), bucket_name: String::new() };
         store.spawn();
-        let bucket = store.bucket(bucket);
-        let created = ureq::put(bucket.create_bucket(&credentials()).sign(SIGNED_FOR).as_str()).send_empty();
+        let created =
+            ureq::put(store.bucket(bucket).create_bucket(&credentials()).sign(SIGNED_FOR).as_str()).send_empty();
         assert_eq!(created.map(|r| r.status().as_u16()).ok(), Some(200), "creating the bucket");
+        store.bucket_name = bucket.to_string();
+        store.wait_writable();
         store
+    }
+
+    /// Waits until an object can be written and read back: the S3 gateway
+    /// answers before its volume servers are ready.
+    fn wait_writable(&self) {
+        let bucket = self.bucket(&self.bucket_name);
+        let credentials = credentials();
+        wait_until(120, "SeaweedFS to store and give back an object", || {
+            let put = bucket.put_object(Some(&credentials), "flakeforge-test-ready").sign(SIGNED_FOR);
+            let stored = ureq::put(put.as_str()).send("ready").is_ok_and(|r| r.status() == 200);
+            let get = bucket.get_object(Some(&credentials), "flakeforge-test-ready").sign(SIGNED_FOR);
+            stored && ureq::get(get.as_str()).call().is_ok_and(|r| r.status() == 200)
+        });
     }
 
     fn bucket(&self, name: &str) -> Bucket {
@@ -136,10 +152,11 @@ impl SeaweedFs {
         }
     }
 
-    /// Starts it again on the same ports and data.
+    /// Starts it again on the same ports and data; returns once it stores objects.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+        self.wait_writable();
     }
 }
 

@@ -269,7 +269,11 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(listener) = metrics_listener {
         serve_metrics(listener, limits.clone())?;
     }
-    let service = Service::open(config).map_err(|e| format!("cannot open the state directory: {e}"))?;
+    let what = match &config.storage {
+        StorageOptions::Fs => "the state directory".to_string(),
+        StorageOptions::S3 { options, .. } => format!("the storage s3://{}/{}", options.bucket, options.prefix),
+    };
+    let service = Service::open(config).map_err(|e| format!("cannot open {what}: {e}"))?;
     service.start_watch().map_err(|e| format!("cannot start the watch: {e}"))?;
     log::info!("{summary}");
     let web = Web::new(service.clone(), WebOptions { metrics_on_main: metrics_listen.is_none() });

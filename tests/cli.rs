@@ -22,7 +22,23 @@ fn bad_flags_are_one_line_and_a_failure() {
     let (flake_path, state_path) = (flake.path().to_str().unwrap(), state_dir.to_str().unwrap());
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
+    let credentials = state.path().join("credentials");
+    std::fs::write(&credentials, "[default]\naws_access_key_id = k\naws_secret_access_key = s\n").unwrap();
+    let credentials = credentials.to_str().unwrap();
+    let s3 = |more: &[&'static str]| {
+        let mut args = vec!["--storage", "s3://images/replicas", "--s3-credentials", credentials];
+        args.extend(more);
+        args
+    };
     for (args, expected) in [
+        (vec!["--storage", "/srv/blobs"], "--storage \"/srv/blobs\": not s3://BUCKET/PREFIX"),
+        (vec!["--storage", "s3://Images/x"], "\"Images\" is not a bucket name"),
+        (vec!["--storage", "s3://images/a/../b"], "the prefix may not hold '.', '..' or empty parts"),
+        (vec!["--s3-endpoint", "http://127.0.0.1:1"], "--s3-endpoint, --s3-region and --s3-credentials need --storage"),
+        (vec!["--storage", "s3://images/x", "--s3-credentials", "/nonexistent"], "--s3-credentials: cannot read"),
+        (s3(&["--s3-endpoint", "ftp://127.0.0.1:1"]), "\"ftp://127.0.0.1:1\": not an http:// or https:// URL"),
+        (s3(&["--s3-redirect-expiry", "0"]), "--s3-redirect-expiry: from 1 to 604800"),
+        (s3(&["--s3-endpoint", "http://127.0.0.1:1"]), "the store is unavailable"),
         (vec!["--cache-size", "10X"], "--cache-size: invalid size \"10X\""),
         (vec!["--compression", "lz4"], "unknown compression \"lz4\""),
         (vec!["--compression", "gzip:13"], "invalid compression \"gzip:13\": gzip levels are 1 to 12"),

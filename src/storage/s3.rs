@@ -90,7 +90,7 @@ impl S3Storage {
         let storage = S3Storage { client: Arc::new(client), staging, described };
         // Fails now, with the store's answer, rather than at the first pull.
         let head = storage.client.bucket.head_bucket(Some(&storage.client.credentials)).sign(SIGNED_FOR);
-        let response = storage.client.call(storage.client.agent.head(head.as_str()))?;
+        let response = storage.client.agent.head(head.as_str()).call().map_err(store_error)?;
         if response.status() != StatusCode::OK {
             return Err(StorageError::Store(format!(
                 "bucket {} answers {} to HEAD (it must exist and the credentials be allowed)",

@@ -120,6 +120,15 @@ fn replicas_share_one_bucket_and_clients_follow_redirects() {
     std::thread::sleep(std::time::Duration::from_secs(7));
     assert_eq!(curl(&location).0, 403, "an expired presigned URL still served");
 
+    // A blob a lifecycle rule removed is made again (here the store paths
+    // are at hand) and stored again: the next GET redirects once more.
+    store.delete(BUCKET, &format!("replicas/blobs/sha256/{}", layers[0].trim_start_matches("sha256:")));
+    let made_again = b.get(&format!("/v2/hello/blobs/{}", layers[0]));
+    assert_eq!(made_again.status, 200, "{}", b.log());
+    assert_eq!(Digest::of(&made_again.body).to_string(), layers[0]);
+    assert!(b.log().contains("regenerated layer"), "{}", b.log());
+    assert_eq!(b.get(&format!("/v2/hello/blobs/{}", layers[0])).status, 307);
+
     // The store goes away: a clear, retryable 503, no build, nothing recorded.
     store.stop();
     for path in ["/v2/hello/manifests/latest".to_string(), format!("/v2/hello/blobs/{}", layers[0])] {

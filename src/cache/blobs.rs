@@ -172,19 +172,14 @@ impl BlobStore {
     }
 
     /// A URL that fetches the stored blob `digest` for `valid_for`, if the
-    /// store has such URLs and holds it at `size` bytes (asked once, then
-    /// remembered). Its bytes are not hashed here: they were when stored,
-    /// and every client checks the digest of what it fetches.
+    /// store has such URLs and holds it at `size` bytes (asked each time: a
+    /// bucket lifecycle rule may have removed it since). Its bytes are not
+    /// hashed here: they were when stored, and every client checks the
+    /// digest of what it fetches.
     pub fn presign(&self, digest: &Digest, size: u64, valid_for: std::time::Duration) -> Option<String> {
-        if !self.index.lock().unwrap().lru.contains(digest) {
-            let handle = self.storage.open_blob(digest).ok()??;
-            if handle.size() != size {
-                return None;
-            }
-            let mut index = self.index.lock().unwrap();
-            if index.lru.put(digest.clone(), size).is_none() {
-                index.total += size;
-            }
+        let handle = self.storage.open_blob(digest).ok()??;
+        if handle.size() != size {
+            return None;
         }
         self.storage.presign_blob(digest, valid_for)
     }

@@ -144,6 +144,12 @@ impl SeaweedFs {
         ListObjectsV2::parse_response(&text).unwrap().contents.into_iter().map(|object| object.key).collect()
     }
 
+    /// Removes `key` from `bucket` (as a lifecycle rule would).
+    pub fn delete(&self, bucket: &str, key: &str) {
+        let url = self.bucket(bucket).delete_object(Some(&credentials()), key).sign(SIGNED_FOR);
+        assert_eq!(ureq::delete(url.as_str()).call().unwrap().status(), 204, "deleting {key}");
+    }
+
     /// Stops it by PID (the data stays).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -131,7 +131,14 @@ fn replicas_share_one_bucket_and_clients_follow_redirects() {
 
     // The store goes away: a clear, retryable 503, no build, nothing recorded.
     store.stop();
-    for path in ["/v2/hello/manifests/latest".to_string(), format!("/v2/hello/blobs/{}", layers[0])] {
+    // A HEAD answers from the layer record B read before, not from the store.
+    let head = b.request("HEAD", &format!("/v2/hello/blobs/{}", layers[0]), &[]);
+    assert_eq!((head.status, head.header("content-length")), (200, Some(&*bytes.len().to_string())));
+    // What B read before is still served from memory (immutable, verified);
+    // what it must ask the store for is a 503, not "unknown".
+    assert_eq!(b.get("/v2/hello/manifests/latest").status, 200);
+    let never_seen = Digest::of(b"never stored");
+    for path in ["/v2/motd/manifests/latest".to_string(), format!("/v2/hello/blobs/{never_seen}")] {
         let answer = b.get(&path);
         assert_eq!(answer.status, 503, "{path}: {}", String::from_utf8_lossy(&answer.body));
         assert_eq!(answer.error_code(), "UNKNOWN");
@@ -139,10 +146,11 @@ fn replicas_share_one_bucket_and_clients_follow_redirects() {
         assert!(answer.header("retry-after").is_some());
     }
     let (ok, _) = common::run_capture(
-        Command::new("skopeo").args(["inspect", "--tls-verify=false", &format!("docker://{image}")]),
+        Command::new("skopeo").args(["inspect", "--tls-verify=false", &format!("docker://{}/motd", b.host())]),
         120,
     );
-    assert!(!ok, "skopeo inspected the image with the store down");
+    assert!(!ok, "skopeo inspected an image never built with the store down");
+    assert_eq!(b.nix_builds(), 0, "B built while the store was away:\n{}", b.log());
     // It comes back: served again, as before, still without a build.
     store.restart();
     let again = skopeo_copy(&format!("{}/hello", b.host()), &["--src-tls-verify=false"]);

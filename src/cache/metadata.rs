@@ -16,6 +16,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use lru::LruCache;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::digest::Digest;
@@ -65,12 +66,25 @@ pub struct MetadataStore {
     /// to date by `put_image`; in memory, so a digest nobody built costs no
     /// store reads.
     listed_in: Mutex<HashMap<Digest, Digest>>,
+    /// With a remote store: manifests, configs and layer records read
+    /// lately, verified, so that HEADs and manifest GETs do not ask the
+    /// store again. A local store is read each time (a damaged file is
+    /// noticed at once).
+    recent: Option<Mutex<LruCache<(Kind, String), Vec<u8>>>>,
 }
+
+/// Objects kept in `recent` (small documents: a few MiB in all).
+const RECENT: usize = 4096;
 
 impl MetadataStore {
     pub fn open(storage: Arc<dyn Storage>) -> io::Result<MetadataStore> {
-        let store =
-            MetadataStore { storage, unwritten: Mutex::new(HashMap::new()), listed_in: Mutex::new(HashMap::new()) };
+        let recent = storage.is_remote().then(|| Mutex::new(LruCache::new(RECENT.try_into().expect("not zero"))));
+        let store = MetadataStore {
+            storage,
+            unwritten: Mutex::new(HashMap::new()),
+            listed_in: Mutex::new(HashMap::new()),
+            recent,
+        };
         for (key, record) in store.images() {
             store.list(&key, &record);
         }
@@ -87,10 +101,20 @@ impl MetadataStore {
     /// What is stored as `name`, if `intact` holds for it. What does not
     /// hold is logged and removed; kept in memory, it was never stored.
     fn get(&self, kind: Kind, name: &str, intact: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
-        if let Some(bytes) = self.unwritten.lock().unwrap().get(&(kind, name.to_string())) {
+        let key = (kind, name.to_string());
+        if let Some(bytes) = self.unwritten.lock().unwrap().get(&key) {
             return Some(bytes.clone());
         }
-        super::read_checked(self.storage.as_ref(), kind, name, intact)
+        // Named by their digest, these never change: what was verified stays so.
+        let recent = self.recent.as_ref().filter(|_| matches!(kind, Kind::Manifests | Kind::Configs | Kind::Layers));
+        if let Some(bytes) = recent.and_then(|recent| recent.lock().unwrap().get(&key).cloned()) {
+            return Some(bytes);
+        }
+        let bytes = super::read_checked(self.storage.as_ref(), kind, name, intact)?;
+        if let Some(recent) = recent {
+            recent.lock().unwrap().put(key, bytes.clone());
+        }
+        Some(bytes)
     }
 
     fn put_json<T: Serialize>(&self, kind: Kind, name: &str, value: &T) {

@@ -70,8 +70,11 @@ pub struct MetadataStore {
     /// lately, verified, so that HEADs and manifest GETs do not ask the
     /// store again. A local store is read each time (a damaged file is
     /// noticed at once).
-    recent: Option<Mutex<LruCache<(Kind, String), Vec<u8>>>>,
+    recent: Option<Mutex<Recent>>,
 }
+
+/// Objects by kind and name.
+type Recent = LruCache<(Kind, String), Vec<u8>>;
 
 /// Objects kept in `recent` (small documents: a few MiB in all).
 const RECENT: usize = 4096;

@@ -27,7 +27,8 @@ impl FsStorage {
     /// writes a crash interrupted.
     pub fn open(state_dir: &Path) -> io::Result<FsStorage> {
         let root = state_dir.to_path_buf();
-        for kind in Kind::ALL {
+        // Leases are for replicas sharing a bucket: made only if one is taken.
+        for kind in Kind::ALL.into_iter().filter(|&kind| kind != Kind::Leases) {
             create_dir(&root.join(kind.folder()))?;
         }
         let blob_dir = root.join("blobs").join("sha256");
@@ -78,6 +79,7 @@ impl Storage for FsStorage {
         let tmp = self.tmp_dir.join(temp_name());
         fs::write(&tmp, bytes)?;
         let path = self.path(kind, name);
+        create_dir(&self.root.join(kind.folder()))?;
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
         match linked {
@@ -245,4 +247,26 @@ pub fn temp_name() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!("{}-{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_stores_only_what_is_absent() {
+        let state = std::env::temp_dir().join(format!("flakeforge-fs-create-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        let storage = FsStorage::open(&state).unwrap();
+        let first = storage.create(Kind::Leases, "key", b"one").unwrap().expect("created");
+        assert!(storage.create(Kind::Leases, "key", b"two").unwrap().is_none());
+        assert_eq!(storage.get(Kind::Leases, "key").unwrap().unwrap().bytes, b"one");
+        storage.remove(Kind::Leases, "key", &Version("another".into())).unwrap();
+        assert!(storage.get(Kind::Leases, "key").unwrap().is_some(), "removed at another version");
+        storage.remove(Kind::Leases, "key", &first).unwrap();
+        assert!(storage.get(Kind::Leases, "key").unwrap().is_none());
+        assert!(storage.create(Kind::Leases, "key", b"three").unwrap().is_some());
+        assert_eq!(fs::read_dir(state.join("tmp/metadata")).unwrap().count(), 0, "a temporary file was left");
+        fs::remove_dir_all(&state).unwrap();
+    }
 }

@@ -43,7 +43,7 @@ while True:
 master=$(port_below) volume=$(port_below) filer=$(port_below) s3=$(port_below)
 mkdir -p "$work/weed"
 "$weed" server -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="$master" -volume.port="$volume" \
-  -filer.port="$filer" -s3 -s3.port="$s3" -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$work/s3.json" \
+  -filer.port="$filer" -s3 -s3.port="$s3" -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$work/s3.json" -volume.minFreeSpace=1GiB \
   >"$work/weed.log" 2>&1 &
 echo $! >"$work/weed.pid"
 endpoint="http://127.0.0.1:$s3"

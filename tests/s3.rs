@@ -17,6 +17,7 @@ use common::{run_ok, FlakeforgeServer, TestDir, TestFlake};
 use flakeforge::digest::Digest;
 
 const BUCKET: &str = "flakeforge-test";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// `--storage` and friends for a replica of `store`, credentials from a file.
 fn s3_args(store: &SeaweedFs, credentials: &TestDir, more: &[&str]) -> Vec<String> {
@@ -100,6 +101,14 @@ fn replicas_share_one_bucket_and_clients_follow_redirects() {
     containerd.ctr(&["images", "pull", "--plain-http", &format!("{image}:latest")]);
     assert_eq!(b.nix_builds(), 0, "B ran nix build:\n{}", b.log());
     assert_eq!(generated_layers(&b), 0, "B generated layers:\n{}", b.log());
+    // What A attached (SBOM, provenance) is listed by B the same.
+    let manifest = b.request("GET", "/v2/hello/manifests/latest", &[("Accept", OCI_MANIFEST)]);
+    let digest = manifest.header("docker-content-digest").unwrap().to_string();
+    let (listed_by_a, listed_by_b) =
+        (a.get(&format!("/v2/hello/referrers/{digest}")), b.get(&format!("/v2/hello/referrers/{digest}")));
+    assert_eq!(listed_by_b.status, 200);
+    assert!(!listed_by_b.json()["manifests"].as_array().unwrap().is_empty(), "B lists no referrers");
+    assert_eq!(listed_by_a.body, listed_by_b.body);
 
     // A blob GET on B is a 307 to a presigned URL of that blob alone.
     let redirect: HttpResponse = b.get(&format!("/v2/hello/blobs/{}", layers[0]));

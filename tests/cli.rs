@@ -38,7 +38,6 @@ fn bad_flags_are_one_line_and_a_failure() {
         (vec!["--storage", "s3://images/x", "--s3-credentials", "/nonexistent"], "--s3-credentials: cannot read"),
         (s3(&["--s3-endpoint", "ftp://127.0.0.1:1"]), "\"ftp://127.0.0.1:1\": not an http:// or https:// URL"),
         (s3(&["--s3-redirect-expiry", "0"]), "--s3-redirect-expiry: from 1 to 604800"),
-        (s3(&["--s3-endpoint", "http://127.0.0.1:1"]), "the store is unavailable"),
         (vec!["--cache-size", "10X"], "--cache-size: invalid size \"10X\""),
         (vec!["--compression", "lz4"], "unknown compression \"lz4\""),
         (vec!["--compression", "gzip:13"], "invalid compression \"gzip:13\": gzip levels are 1 to 12"),
@@ -61,6 +60,18 @@ fn bad_flags_are_one_line_and_a_failure() {
         assert_ne!(code, 0, "{args:?}");
         assert!(stderr.lines().next().unwrap_or_default().contains(expected), "{args:?}: {stderr}");
     }
+    // A store that cannot be reached stops the start in one line, after the
+    // access control's own line (the store is opened after the guard).
+    let mut args = vec!["serve", "--flake", flake_path, "--state-dir", state_path, "--no-tls"];
+    args.extend(s3(&["--s3-endpoint", "http://127.0.0.1:1"]));
+    let (code, stderr) = flakeforge(&args);
+    assert_ne!(code, 0);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("flakeforge: cannot open the storage s3://images/replicas: the store is unavailable"),
+        "{stderr}"
+    );
+    assert!(!stderr.lines().any(|l| l.contains(" WARN ") || l.contains(" ERROR ")), "{stderr}");
     let (code, stderr) = flakeforge(&["serve", "--flake", "/nonexistent", "--state-dir", state_path, "--no-tls"]);
     assert_ne!(code, 0);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

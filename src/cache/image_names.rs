@@ -35,9 +35,10 @@ impl ImageNames {
     }
 
     fn names_locked(&self, unwritten: &HashMap<Digest, Vec<String>>, digest: &Digest) -> Vec<String> {
-        let stored =
-            super::read_checked(self.storage.as_ref(), Kind::Names, digest.hex(), |b| super::unseal(b).is_some());
-        let text = stored.as_deref().and_then(super::unseal).map(String::from_utf8_lossy).unwrap_or_default();
+        let text = super::read_checked(self.storage.as_ref(), Kind::Names, digest.hex(), |sealed| {
+            super::unseal(sealed).map(|text| String::from_utf8_lossy(text).into_owned())
+        })
+        .unwrap_or_default();
         let mut names: Vec<String> = text.lines().filter(|line| !line.is_empty()).map(str::to_owned).collect();
         names.extend(unwritten.get(digest).into_iter().flatten().cloned());
         names.sort();

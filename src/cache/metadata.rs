@@ -67,9 +67,9 @@ pub struct MetadataStore {
     /// store reads.
     listed_in: Mutex<HashMap<Digest, Digest>>,
     /// With a remote store: manifests, configs and layer records read
-    /// lately, verified, so that HEADs and manifest GETs do not ask the
-    /// store again. A local store is read each time (a damaged file is
-    /// noticed at once).
+    /// lately, verified (a record as its JSON, the seal taken off), so that
+    /// HEADs and manifest GETs do not ask the store again. A local store is
+    /// read each time (a damaged file is noticed at once).
     recent: Option<Mutex<Recent>>,
 }
 
@@ -101,23 +101,25 @@ impl MetadataStore {
         }
     }
 
-    /// What is stored as `name`, if `intact` holds for it. What does not
-    /// hold is logged and removed; kept in memory, it was never stored.
-    fn get(&self, kind: Kind, name: &str, intact: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    /// What `verify` gives of the object stored as `name` (the bytes it
+    /// vouches for: a document matching its digest, a record's JSON that
+    /// passed its seal). What it refuses is logged and removed; kept in
+    /// memory, it was never stored.
+    fn get(&self, kind: Kind, name: &str, verify: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
         let key = (kind, name.to_string());
         if let Some(bytes) = self.unwritten.lock().unwrap().get(&key) {
-            return Some(bytes.clone());
+            return verify(bytes);
         }
         // Named by their digest, these never change: what was verified stays so.
         let recent = self.recent.as_ref().filter(|_| matches!(kind, Kind::Manifests | Kind::Configs | Kind::Layers));
-        if let Some(bytes) = recent.and_then(|recent| recent.lock().unwrap().get(&key).cloned()) {
-            return Some(bytes);
+        if let Some(verified) = recent.and_then(|recent| recent.lock().unwrap().get(&key).cloned()) {
+            return Some(verified);
         }
-        let bytes = super::read_checked(self.storage.as_ref(), kind, name, intact)?;
+        let verified = super::read_checked(self.storage.as_ref(), kind, name, verify)?;
         if let Some(recent) = recent {
-            recent.lock().unwrap().put(key, bytes.clone());
+            recent.lock().unwrap().put(key, verified.clone());
         }
-        Some(bytes)
+        Some(verified)
     }
 
     fn put_json<T: Serialize>(&self, kind: Kind, name: &str, value: &T) {
@@ -125,13 +127,13 @@ impl MetadataStore {
     }
 
     fn get_json<T: DeserializeOwned>(&self, kind: Kind, name: &str) -> Option<T> {
-        let sealed = self.get(kind, name, |bytes| super::unseal(bytes).is_some())?;
-        super::read_sealed(&sealed, &format!("{}/{name}", kind.folder()))
+        let json = self.get(kind, name, |sealed| super::unseal(sealed).map(<[u8]>::to_vec))?;
+        super::parse(&json, kind, name)
     }
 
     /// What is stored under `digest`, if it is what `digest` names.
     fn get_by_digest(&self, kind: Kind, digest: &Digest) -> Option<Vec<u8>> {
-        self.get(kind, digest.hex(), |bytes| Digest::of(bytes) == *digest)
+        self.get(kind, digest.hex(), |bytes| (Digest::of(bytes) == *digest).then(|| bytes.to_vec()))
     }
 
     pub fn put_manifest(&self, manifest: &[u8]) -> Digest {

@@ -35,10 +35,17 @@ pub fn unseal(sealed: &[u8]) -> Option<&[u8]> {
     (Digest::of(json) == digest).then_some(json)
 }
 
-/// What is stored as `name`, if `intact` holds for it. What does not
-/// hold (a flipped bit, an object emptied or cut short) is logged and
-/// removed, so that it is made again; it is never handed out.
-pub fn read_checked(storage: &dyn Storage, kind: Kind, name: &str, intact: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+/// What `verify` makes of the object stored as `name`: it returns what it
+/// verified (the parsed record, the bytes that match their digest), so
+/// that nothing is read twice or handed out unverified. What it refuses
+/// (a flipped bit, an object emptied or cut short) is logged and removed,
+/// so that it is made again.
+pub fn read_checked<T>(
+    storage: &dyn Storage,
+    kind: Kind,
+    name: &str,
+    verify: impl FnOnce(&[u8]) -> Option<T>,
+) -> Option<T> {
     let stored = match storage.get(kind, name) {
         Ok(stored) => stored?,
         Err(err) => {
@@ -46,8 +53,8 @@ pub fn read_checked(storage: &dyn Storage, kind: Kind, name: &str, intact: impl 
             return None;
         }
     };
-    if intact(&stored.bytes) {
-        return Some(stored.bytes);
+    if let Some(verified) = verify(&stored.bytes) {
+        return Some(verified);
     }
     log::error!(
         "{}/{name} in {} ({} bytes) does not match its digest: removed, it will be made again",
@@ -61,8 +68,53 @@ pub fn read_checked(storage: &dyn Storage, kind: Kind, name: &str, intact: impl 
     None
 }
 
-/// The JSON of the sealed record `name`, parsed; one that fails its seal
-/// is removed, one that does not parse is ignored (and logged).
-pub fn read_sealed<T: serde::de::DeserializeOwned>(sealed: &[u8], what: &str) -> Option<T> {
-    serde_json::from_slice(unseal(sealed)?).inspect_err(|err| log::warn!("ignoring unreadable {what}: {err}")).ok()
+/// The sealed record `name`, parsed from the JSON that passed its seal:
+/// one that fails its seal is removed; one that passes but does not parse
+/// (written by another version) is ignored and logged, not removed.
+pub fn read_sealed<T: serde::de::DeserializeOwned>(storage: &dyn Storage, kind: Kind, name: &str) -> Option<T> {
+    read_checked(storage, kind, name, |sealed| unseal(sealed).map(|json| parse(json, kind, name)))?
+}
+
+/// `json` (of the record `kind/name`, already verified) parsed; what does
+/// not parse is logged.
+pub fn parse<T: serde::de::DeserializeOwned>(json: &[u8], kind: Kind, name: &str) -> Option<T> {
+    serde_json::from_slice(json)
+        .inspect_err(|err| log::warn!("ignoring unreadable {}/{name}: {err}", kind.folder()))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn a_record_is_parsed_only_from_what_passed_its_seal() {
+        let state = std::env::temp_dir().join(format!("flakeforge-sealed-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        let storage = crate::storage::FsStorage::open(&state).unwrap();
+        let name = Digest::of(b"key");
+        let read = |storage: &dyn Storage| read_sealed::<serde_json::Value>(storage, Kind::Resolutions, name.hex());
+        storage.put(Kind::Resolutions, name.hex(), &seal(br#"{"revision":"a"}"#)).unwrap();
+        assert_eq!(read(&storage), Some(serde_json::json!({"revision": "a"})));
+        // Valid JSON, a valid record, under the seal of another: not parsed, removed.
+        let mut swapped = seal(br#"{"revision":"a"}"#);
+        swapped.truncate(swapped.len() - br#"{"revision":"a"}"#.len());
+        swapped.extend_from_slice(br#"{"revision":"b"}"#);
+        storage.put(Kind::Resolutions, name.hex(), &swapped).unwrap();
+        assert_eq!(read(&storage), None);
+        assert!(storage.get(Kind::Resolutions, name.hex()).unwrap().is_none(), "kept");
+        // Sealed, but not JSON (another version's record): ignored, kept.
+        storage.put(Kind::Resolutions, name.hex(), &seal(b"not json")).unwrap();
+        assert_eq!(read(&storage), None);
+        assert!(storage.get(Kind::Resolutions, name.hex()).unwrap().is_some(), "removed");
+        // What the check verified is what is handed out, read once.
+        let calls = std::cell::Cell::new(0);
+        let verified = read_checked(&storage, Kind::Resolutions, name.hex(), |bytes| {
+            calls.set(calls.get() + 1);
+            unseal(bytes).map(<[u8]>::to_vec)
+        });
+        assert_eq!((verified.as_deref(), calls.get()), (Some(&b"not json"[..]), 1));
+        fs::remove_dir_all(&state).unwrap();
+    }
 }

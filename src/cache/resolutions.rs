@@ -35,9 +35,7 @@ impl ResolutionStore {
     /// was sealed with (one that fails is removed); one that does not parse
     /// is ignored (and logged).
     pub fn get(&self, key: &Digest) -> Option<Resolution> {
-        let sealed =
-            super::read_checked(self.storage.as_ref(), Kind::Resolutions, key.hex(), |b| super::unseal(b).is_some())?;
-        super::read_sealed(&sealed, &format!("resolutions/{}", key.hex()))
+        super::read_sealed(self.storage.as_ref(), Kind::Resolutions, key.hex())
     }
 
     /// Stores `resolution` under `key`; a failure (a full disk) only costs a rebuild after a restart.

@@ -50,6 +50,11 @@ pub struct InvocationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -117,6 +122,18 @@ pub struct CacheMetrics {
     pub evicted_bytes: Counter,
 }
 
+/// Requests to a remote store (`storage/s3.rs`): `op` is `get`, `head`,
+/// `put`, `delete` or `list`.
+pub struct StorageMetrics {
+    pub requests: Family<OpLabel, Counter>,
+}
+
+impl StorageMetrics {
+    pub fn request(&self, op: &'static str) {
+        self.requests.get_or_create(&OpLabel { op }).inc();
+    }
+}
+
 /// The served certificate (`tls/`).
 pub struct TlsMetrics {
     pub certificate_expiry: Gauge,
@@ -129,6 +146,7 @@ pub struct Metrics {
     pub nix: NixMetrics,
     pub layers: LayerMetrics,
     pub cache: CacheMetrics,
+    pub storage: StorageMetrics,
     pub tls: TlsMetrics,
 }
 
@@ -179,6 +197,7 @@ impl Metrics {
             evictions: Counter::default(),
             evicted_bytes: Counter::default(),
         };
+        let storage = StorageMetrics { requests: Family::default() };
         let tls = TlsMetrics { certificate_expiry: Gauge::default() };
 
         let mut registry = Registry::with_prefix("flakeforge");
@@ -236,11 +255,16 @@ impl Metrics {
         r.register("cache_evictions", "Layer blobs evicted from the cache", cache.evictions.clone());
         r.register("cache_evicted_bytes", "Bytes of layer blobs evicted from the cache", cache.evicted_bytes.clone());
         r.register(
+            "storage_requests",
+            "Requests sent to a remote store (S3), by operation (get, head, put, delete, list)",
+            storage.requests.clone(),
+        );
+        r.register(
             "tls_certificate_expiry_timestamp_seconds",
             "When the served certificate expires (Unix time); 0 over plain HTTP",
             tls.certificate_expiry.clone(),
         );
-        Metrics { registry, http, builds, nix, layers, cache, tls }
+        Metrics { registry, http, builds, nix, layers, cache, storage, tls }
     }
 }
 

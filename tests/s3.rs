@@ -1,8 +1,9 @@
 //! Replicas sharing one S3 bucket, against the real store (SeaweedFS on
 //! loopback, started and stopped by the test) and real clients: what one
 //! replica built is served by another without Nix or layer generation,
-//! blob GETs are redirected to presigned URLs the clients follow, and
-//! every blob checks out against its digest.
+//! blob GETs are redirected to presigned URLs the clients follow (a blob
+//! found in the bucket lately without asking the bucket again), and every
+//! blob checks out against its digest.
 
 mod common;
 
@@ -54,6 +55,15 @@ fn curl(url: &str) -> (u16, Vec<u8>) {
         150,
     );
     (status.trim().parse().unwrap(), fs::read(&body).unwrap_or_default())
+}
+
+/// Requests `server` sent to the store as `op` (`head`, `get`, ...), from its `/metrics`.
+fn storage_requests(server: &FlakeforgeServer, op: &str) -> u64 {
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    let line = format!("flakeforge_storage_requests_total{{op=\"{op}\"}} ");
+    let text = String::from_utf8(metrics.body).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |n| n.trim().parse().unwrap())
 }
 
 fn generated_layers(server: &FlakeforgeServer) -> usize {
@@ -129,14 +139,32 @@ fn replicas_share_one_bucket_and_clients_follow_redirects() {
     std::thread::sleep(std::time::Duration::from_secs(7));
     assert_eq!(curl(&location).0, 403, "an expired presigned URL still served");
 
-    // A blob a lifecycle rule removed is made again (here the store paths
-    // are at hand) and stored again: the next GET redirects once more.
+    // Replica C redirects with the default expiry: what it found in the
+    // bucket lately it redirects to without asking the bucket again.
+    let c = start(&flake, &s3_args(&store, &credentials, &[]));
+    let at_start = storage_requests(&c, "head");
+    skopeo_copy(&format!("{}/hello", c.host()), &["--src-tls-verify=false"]);
+    let heads = storage_requests(&c, "head");
+    assert!(heads - at_start >= layers.len() as u64, "{} HEADs for {} layers", heads - at_start, layers.len());
+    assert_eq!(layers_of(&skopeo_copy(&format!("{}/hello", c.host()), &["--src-tls-verify=false"])), layers);
+    assert_eq!(storage_requests(&c, "head"), heads, "the second pull asked the bucket for its blobs again");
+
+    // A blob a lifecycle rule (or another replica) removed: C, which found
+    // it less than a minute ago, still redirects there and the bucket
+    // answers 404. B's knowledge of it is older than its redirects' expiry
+    // (5 s): B asks the bucket, makes the blob again (here the store paths
+    // are at hand) and stores it again; the next GET redirects once more.
     store.delete(BUCKET, &format!("replicas/blobs/sha256/{}", layers[0].trim_start_matches("sha256:")));
+    let stale = c.get(&format!("/v2/hello/blobs/{}", layers[0]));
+    assert_eq!(stale.status, 307);
+    assert_eq!(curl(stale.header("location").unwrap()).0, 404);
     let made_again = b.get(&format!("/v2/hello/blobs/{}", layers[0]));
     assert_eq!(made_again.status, 200, "{}", b.log());
     assert_eq!(Digest::of(&made_again.body).to_string(), layers[0]);
     assert!(b.log().contains("regenerated layer"), "{}", b.log());
     assert_eq!(b.get(&format!("/v2/hello/blobs/{}", layers[0])).status, 307);
+    let (status, bytes_again) = curl(c.get(&format!("/v2/hello/blobs/{}", layers[0])).header("location").unwrap());
+    assert_eq!((status, Digest::of(&bytes_again).to_string()), (200, layers[0].clone()));
 
     // The store goes away: a clear, retryable 503, no build, nothing recorded.
     store.stop();
@@ -165,7 +193,7 @@ fn replicas_share_one_bucket_and_clients_follow_redirects() {
     let again = skopeo_copy(&format!("{}/hello", b.host()), &["--src-tls-verify=false"]);
     assert_eq!(layers_of(&again), layers);
     assert_eq!(b.nix_builds(), 0, "B built while the store was away:\n{}", b.log());
-    for replica in [&a, &b] {
+    for replica in [&a, &b, &c] {
         assert!(!replica.log().contains("does not match its digest"), "{}", replica.log());
     }
 }

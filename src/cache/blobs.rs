@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use lru::LruCache;
 
+use super::known_blobs::KnownBlobs;
 use crate::digest::Digest;
 use crate::metrics;
 use crate::storage::{BlobHandle, Storage, Version};
@@ -28,6 +29,8 @@ pub struct BlobStore {
     index: Mutex<Index>,
     /// Signalled when a blob's hashing ends.
     verified: Condvar,
+    /// Blobs the store was found to hold lately, for redirects without a HEAD each.
+    known: KnownBlobs,
 }
 
 struct Index {
@@ -81,7 +84,13 @@ impl BlobStore {
         let max_bytes = if storage.is_remote() { u64::MAX } else { max_bytes };
         metrics::global().cache.limit_bytes.set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
         index.publish();
-        let store = BlobStore { storage, max_bytes, index: Mutex::new(index), verified: Condvar::new() };
+        let store = BlobStore {
+            storage,
+            max_bytes,
+            index: Mutex::new(index),
+            verified: Condvar::new(),
+            known: KnownBlobs::default(),
+        };
         store.evict();
         Ok(store)
     }
@@ -90,7 +99,11 @@ impl BlobStore {
     /// `None` when it is not stored, or was damaged (then it is removed).
     pub fn open_blob(&self, digest: &Digest) -> Option<VerifiedBlob> {
         let handle = match self.storage.open_blob(digest) {
-            Ok(handle) => handle?,
+            Ok(Some(handle)) => handle,
+            Ok(None) => {
+                self.known.forget(digest);
+                return None;
+            }
             Err(err) => {
                 log::warn!("blob cache: cannot open {digest} ({err}); it will be made again");
                 return None;
@@ -126,7 +139,7 @@ impl BlobStore {
                         "blob cache: {digest} in {} holds {size} bytes hashing to {found}, not {digest}: removed, it will be made again",
                         self.storage.describe()
                     );
-                    Self::drop_entry(&mut index, digest);
+                    self.drop_entry(&mut index, digest);
                     if let Err(err) = self.storage.remove_blob(digest, Some(&version)) {
                         log::warn!("blob cache: cannot remove the damaged {digest}: {err}");
                     }
@@ -152,17 +165,18 @@ impl BlobStore {
         }
     }
 
-    fn drop_entry(index: &mut Index, digest: &Digest) {
+    fn drop_entry(&self, index: &mut Index, digest: &Digest) {
         if let Some(size) = index.lru.pop(digest) {
             index.total -= size;
             index.publish();
         }
         index.verified.remove(digest);
+        self.known.forget(digest);
     }
 
     /// Removes a blob that turned out to be damaged.
     pub fn forget(&self, digest: &Digest) {
-        Self::drop_entry(&mut self.index.lock().unwrap(), digest);
+        self.drop_entry(&mut self.index.lock().unwrap(), digest);
         let _ = self.storage.remove_blob(digest, None);
     }
 
@@ -172,13 +186,24 @@ impl BlobStore {
     }
 
     /// A URL that fetches the stored blob `digest` for `valid_for`, if the
-    /// store has such URLs and holds it at `size` bytes (asked each time: a
-    /// bucket lifecycle rule may have removed it since). Its bytes are not
-    /// hashed here: they were when stored, and every client checks the
-    /// digest of what it fetches.
+    /// store has such URLs and holds it at `size` bytes: asked again once
+    /// what it was found to hold is older than a minute or `valid_for` (a
+    /// bucket lifecycle rule or another replica may have removed it since,
+    /// see [`super::known_blobs`]). Its bytes are not hashed here: they
+    /// were when stored, and every client checks the digest of what it fetches.
     pub fn presign(&self, digest: &Digest, size: u64, valid_for: std::time::Duration) -> Option<String> {
-        let handle = self.storage.open_blob(digest).ok()??;
-        if handle.size() != size {
+        let stored = match self.known.size(digest, valid_for) {
+            Some(stored) => stored,
+            None => {
+                let Ok(Some(handle)) = self.storage.open_blob(digest) else {
+                    self.known.forget(digest);
+                    return None;
+                };
+                self.known.found(digest, handle.size());
+                handle.size()
+            }
+        };
+        if stored != size {
             return None;
         }
         self.storage.presign_blob(digest, valid_for)
@@ -225,6 +250,7 @@ impl BlobStore {
             index.verified.insert(digest.clone(), version);
             index.publish();
         }
+        self.known.found(digest, size);
         self.evict()
     }
 
@@ -236,6 +262,7 @@ impl BlobStore {
             let Some((digest, size)) = index.lru.pop_lru() else { break };
             index.total -= size;
             index.verified.remove(&digest);
+            self.known.forget(&digest);
             // An open handle stays readable after the removal, so running downloads finish.
             if let Err(err) = self.storage.remove_blob(&digest, None) {
                 log::warn!("blob cache: could not evict {digest}: {err}");

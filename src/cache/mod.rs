@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod image_names;
+pub mod known_blobs;
 pub mod metadata;
 pub mod resolutions;
 pub mod tags;

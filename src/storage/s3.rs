@@ -90,6 +90,7 @@ impl S3Storage {
         let storage = S3Storage { client: Arc::new(client), staging, described };
         // Fails now, with the store's answer, rather than at the first pull.
         let head = storage.client.bucket.head_bucket(Some(&storage.client.credentials)).sign(SIGNED_FOR);
+        crate::metrics::global().storage.request("head");
         let response = storage.client.agent.head(head.as_str()).call().map_err(store_error)?;
         if response.status() != StatusCode::OK {
             return Err(StorageError::Store(format!(
@@ -115,7 +116,7 @@ impl S3Storage {
         if let Some(version) = at.filter(|v| !v.0.is_empty()) {
             request = request.header("If-Match", &version.0);
         }
-        let response = self.client.call(request)?;
+        let response = self.client.call("delete", request)?;
         match response.status().as_u16() {
             // 412: replaced since it was read; the new one stays.
             200 | 204 | 404 | 412 => Ok(()),
@@ -135,7 +136,7 @@ impl S3Storage {
                 action.with_continuation_token(token.as_str());
             }
             let url = action.sign(SIGNED_FOR);
-            let mut response = self.client.call(self.client.agent.get(url.as_str()))?;
+            let mut response = self.client.call("list", self.client.agent.get(url.as_str()))?;
             if response.status() != StatusCode::OK {
                 return Err(self.client.unexpected("LIST", &prefix, response.status().as_u16()));
             }
@@ -164,19 +165,24 @@ impl Client {
         }
     }
 
-    /// Sends a request without a body; a failure to reach the store is [`StorageError::Unavailable`].
+    /// Sends a request without a body (`op` in the metrics); a failure to
+    /// reach the store is [`StorageError::Unavailable`].
     fn call(
         &self,
+        op: &'static str,
         request: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
     ) -> Result<ureq::http::Response<ureq::Body>, StorageError> {
-        self.track(request.call())
+        self.track(op, request.call())
     }
 
-    /// Notes whether the store answered (and not with a 5xx).
+    /// Counts the request `sent` as `op` and notes whether the store
+    /// answered (and not with a 5xx).
     fn track(
         &self,
+        op: &'static str,
         sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<ureq::http::Response<ureq::Body>, StorageError> {
+        crate::metrics::global().storage.request(op);
         let reached = sent.as_ref().is_ok_and(|response| !response.status().is_server_error());
         if self.down.swap(!reached, Ordering::Relaxed) == reached {
             match reached {
@@ -247,7 +253,7 @@ impl Storage for S3Storage {
     fn get(&self, kind: Kind, name: &str) -> Result<Option<Stored>, StorageError> {
         let key = self.key(kind, name);
         let url = self.client.get_url(&key, SIGNED_FOR);
-        let mut response = self.client.call(self.client.agent.get(&url))?;
+        let mut response = self.client.call("get", self.client.agent.get(&url))?;
         match response.status().as_u16() {
             200 => {
                 let version = etag(&response);
@@ -262,7 +268,7 @@ impl Storage for S3Storage {
     fn put(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
         let key = self.key(kind, name);
         let url = self.client.bucket.put_object(Some(&self.client.credentials), &key).sign(SIGNED_FOR);
-        let response = self.client.track(self.client.agent.put(url.as_str()).send(bytes))?;
+        let response = self.client.track("put", self.client.agent.put(url.as_str()).send(bytes))?;
         match response.status().as_u16() {
             200 | 201 | 204 => Ok(()),
             status => Err(self.client.unexpected("PUT", &key, status)),
@@ -276,7 +282,7 @@ impl Storage for S3Storage {
         let key = self.key(kind, name);
         let url = self.client.bucket.put_object(Some(&self.client.credentials), &key).sign(SIGNED_FOR);
         let response =
-            self.client.track(self.client.agent.put(url.as_str()).header("If-None-Match", "*").send(bytes))?;
+            self.client.track("put", self.client.agent.put(url.as_str()).header("If-None-Match", "*").send(bytes))?;
         match response.status().as_u16() {
             200 | 201 | 204 => Ok(Some(etag(&response))),
             // 409: another conditional write to the key is under way.
@@ -311,7 +317,7 @@ impl Storage for S3Storage {
     fn open_blob(&self, digest: &Digest) -> Result<Option<Box<dyn BlobHandle>>, StorageError> {
         let key = self.blob_key(digest);
         let url = self.client.bucket.head_object(Some(&self.client.credentials), &key).sign(SIGNED_FOR);
-        let response = self.client.call(self.client.agent.head(url.as_str()))?;
+        let response = self.client.call("head", self.client.agent.head(url.as_str()))?;
         match response.status().as_u16() {
             200 => {
                 let size = response
@@ -339,7 +345,7 @@ impl Storage for S3Storage {
                 .put(url.as_str())
                 .header("Content-Length", size.to_string())
                 .send(ureq::SendBody::from_reader(&mut file));
-            let response = self.client.track(sent)?;
+            let response = self.client.track("put", sent)?;
             match response.status().as_u16() {
                 200 | 201 | 204 => Ok(etag(&response)),
                 status => Err(self.client.unexpected("PUT", &key, status)),
@@ -397,7 +403,7 @@ impl BlobHandle for S3Blob {
         if !self.version.0.is_empty() {
             request = request.header("If-Match", &self.version.0);
         }
-        let response = self.client.track(request.call()).map_err(io::Error::other)?;
+        let response = self.client.track("get", request.call()).map_err(io::Error::other)?;
         match response.status().as_u16() {
             206 => {
                 let reader = response.into_body().into_with_config().limit(u64::MAX).reader();

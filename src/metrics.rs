@@ -123,7 +123,8 @@ pub struct CacheMetrics {
 }
 
 /// Requests to a remote store (`storage/s3.rs`): `op` is `get`, `head`,
-/// `put`, `delete` or `list`.
+/// `put`, `delete`, `list`, or a step of a multipart upload
+/// (`create_multipart`, `upload_part`, `complete_multipart`, `abort_multipart`).
 pub struct StorageMetrics {
     pub requests: Family<OpLabel, Counter>,
 }
@@ -256,7 +257,7 @@ impl Metrics {
         r.register("cache_evicted_bytes", "Bytes of layer blobs evicted from the cache", cache.evicted_bytes.clone());
         r.register(
             "storage_requests",
-            "Requests sent to a remote store (S3), by operation (get, head, put, delete, list)",
+            "Requests sent to a remote store (S3), by operation (get, head, put, delete, list, create_multipart, upload_part, complete_multipart, abort_multipart)",
             storage.requests.clone(),
         );
         r.register(

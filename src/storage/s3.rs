@@ -3,7 +3,10 @@
 //! `PREFIX/blobs/sha256/<hex>`, the same names as on disk. Requests are
 //! signed by rusty-s3 (as presigned URLs, so no header needs signing) and
 //! sent by ureq, synchronously like everything else here. A blob's version
-//! is its ETag; a blob read is pinned to it with `If-Match`.
+//! is its ETag; a blob read is pinned to it with `If-Match`. Blobs above
+//! [`multipart::MULTIPART_ABOVE`] go up in parts ([`multipart`]).
+
+mod multipart;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -338,6 +341,9 @@ impl Storage for S3Storage {
         let result = (|| {
             let mut file = File::open(staged)?;
             let size = file.metadata()?.len();
+            if size > multipart::MULTIPART_ABOVE {
+                return self.client.put_in_parts(&key, &mut file, size);
+            }
             let url = self.client.bucket.put_object(Some(&self.client.credentials), &key).sign(SIGNED_FOR);
             let sent = self
                 .client

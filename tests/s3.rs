@@ -12,6 +12,7 @@ use std::process::Command;
 
 use common::clients::{skopeo_copy, Containerd, Dockerd, Podman};
 use common::flake::HELLO;
+use common::refusing_proxy::RefusingProxy;
 use common::seaweedfs::SeaweedFs;
 use common::server::HttpResponse;
 use common::{run_ok, FlakeforgeServer, TestDir, TestFlake};
@@ -224,4 +225,85 @@ fn two_replicas_asked_at_once_build_once() {
     let waited = [&a, &b].iter().filter(|s| s.log().contains("is held by another replica")).count();
     assert_eq!(waited, 1, "one replica waited for the other's lease");
     assert_eq!(store.keys(BUCKET, "replicas/leases/"), Vec::<String>::new(), "the lease was left behind");
+}
+
+/// The layer of `copy` (a skopeo `dir:` copy) larger than `size`.
+fn layer_over(copy: &TestDir, size: u64) -> (String, u64) {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(copy.path().join("manifest.json")).unwrap()).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    let large = layers.iter().find(|l| l["size"].as_u64().unwrap() > size).expect("a layer over the threshold");
+    (large["digest"].as_str().unwrap().to_string(), large["size"].as_u64().unwrap())
+}
+
+#[test]
+fn a_large_layer_goes_up_in_parts_or_not_at_all() {
+    // Over the 64 MiB threshold: 16 MiB parts, 5 of them.
+    const RANDOM_BYTES: u64 = 72_000_000;
+    let store = SeaweedFs::start(BUCKET);
+    // Replica A reaches the bucket through a proxy that can refuse part 3.
+    let proxy = RefusingProxy::start(store.s3_addr(), "partNumber=3&");
+    let flake = TestFlake::small("large layer");
+    flake.write_small(
+        "large layer",
+        &format!("${{bb}} mkdir -p $out/share; ${{bb}} head -c {RANDOM_BYTES} /dev/urandom > $out/share/random;"),
+    );
+    let credentials = TestDir::new();
+    let mut args = s3_args(&store, &credentials, &["--s3-redirect", "false"]);
+    let endpoint = args.iter().position(|a| a == "--s3-endpoint").unwrap() + 1;
+    args[endpoint] = proxy.endpoint();
+    let a = start(&flake, &args);
+
+    // Part 3 refused (500, every try): the upload is aborted, the bucket
+    // holds no object and no parts; the client got its layer all the same.
+    proxy.refuse(true);
+    let copy = skopeo_copy(&format!("{}/hello", a.host()), &["--src-tls-verify=false"]);
+    let (large, size) = layer_over(&copy, 64 << 20);
+    assert!(size < 80 << 20, "{size}");
+    let key = format!("replicas/blobs/sha256/{}", large.trim_start_matches("sha256:"));
+    assert!(proxy.refused() >= 2, "part 3 was not retried: {}", proxy.refused());
+    assert!(!store.keys(BUCKET, "replicas/blobs/").contains(&key), "a failed upload left {key}");
+    assert_eq!(store.pending_uploads(BUCKET), Vec::<String>::new(), "a failed upload left its parts");
+    // (Assembling the image and serving the blob each made and offered it.)
+    let begun = storage_requests(&a, "create_multipart");
+    assert!(begun >= 1);
+    assert_eq!(storage_requests(&a, "abort_multipart"), begun, "an upload begun was not aborted");
+    assert_eq!(storage_requests(&a, "complete_multipart"), 0);
+    assert!(a.log().contains(&format!("could not keep {large}")), "{}", a.log());
+
+    // The store takes parts again: the blob is made again, as after a
+    // failed single PUT, and goes up in parts.
+    proxy.refuse(false);
+    let parts_before = storage_requests(&a, "upload_part");
+    let blob = a.get(&format!("/v2/hello/blobs/{large}"));
+    assert_eq!(blob.status, 200, "{}", a.log());
+    assert_eq!(Digest::of(&blob.body).to_string(), large);
+    assert!(a.log().contains("regenerated layer"), "{}", a.log());
+    assert_eq!(storage_requests(&a, "upload_part") - parts_before, size.div_ceil(16 << 20));
+    assert_eq!(storage_requests(&a, "complete_multipart"), 1);
+    assert!(store.keys(BUCKET, "replicas/blobs/").contains(&key));
+    assert_eq!(store.pending_uploads(BUCKET), Vec::<String>::new());
+    // A multipart ETag ("<md5 of the parts' md5s>-<parts>"), the same from
+    // HEAD and GET; the one completing the upload gave is that one too: A
+    // streams the blob without reading it whole first to hash it again.
+    let (head, get) = store.etags(BUCKET, &key);
+    assert!(head.ends_with(&format!("-{}\"", size.div_ceil(16 << 20))), "{head}");
+    assert_eq!(head, get);
+    let small = layers_of(&copy).into_iter().find(|l| *l != large).unwrap();
+    let gets_to_stream = |digest: &str| {
+        let before = storage_requests(&a, "get");
+        assert_eq!(Digest::of(&a.get(&format!("/v2/hello/blobs/{digest}")).body).to_string(), digest);
+        storage_requests(&a, "get") - before
+    };
+    // (Versus a blob put in one PUT: the first is read back whole if its version differs.)
+    assert_eq!(gets_to_stream(&large), gets_to_stream(&small), "A read the blob back to verify it");
+
+    // Replica B, straight to the bucket, redirects skopeo to the object
+    // made of parts; skopeo checks every digest.
+    let b = start(&flake, &s3_args(&store, &credentials, &[]));
+    let from_b = skopeo_copy(&format!("{}/hello", b.host()), &["--src-tls-verify=false"]);
+    assert_eq!(layers_of(&from_b), layers_of(&copy));
+    let copied = fs::read(from_b.path().join(large.trim_start_matches("sha256:"))).unwrap();
+    assert_eq!(Digest::of(&copied).to_string(), large);
+    assert_eq!((b.nix_builds(), generated_layers(&b)), (0, 0), "B made the image again:\n{}", b.log());
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod clients;
 pub mod flake;
 pub mod image_kinds;
+pub mod refusing_proxy;
 pub mod seaweedfs;
 pub mod server;
 mod test_dir;

@@ -147,6 +147,34 @@ impl SeaweedFs {
         ListObjectsV2::parse_response(&text).unwrap().contents.into_iter().map(|object| object.key).collect()
     }
 
+    /// The keys of the multipart uploads begun in `bucket` and neither
+    /// completed nor aborted (ListMultipartUploads; rusty-s3 has no action
+    /// for it, so a listing's URL asks for `?uploads` instead).
+    pub fn pending_uploads(&self, bucket: &str) -> Vec<String> {
+        let bucket = self.bucket(bucket);
+        let credentials = credentials();
+        let mut action = ListObjectsV2::new(&bucket, Some(&credentials));
+        let query = action.query_mut();
+        query.remove("list-type");
+        query.remove("encoding-type");
+        query.insert("uploads", "");
+        let text = ureq::get(action.sign(SIGNED_FOR).as_str()).call().unwrap().body_mut().read_to_string().unwrap();
+        assert!(text.contains("<ListMultipartUploadsResult"), "not a list of uploads: {text}");
+        text.split("<Key>").skip(1).map(|rest| rest.split("</Key>").next().unwrap().to_string()).collect()
+    }
+
+    /// The ETags HEAD and GET give for `key` in `bucket`.
+    pub fn etags(&self, bucket: &str, key: &str) -> (String, String) {
+        let (bucket, credentials) = (self.bucket(bucket), credentials());
+        let head = ureq::head(bucket.head_object(Some(&credentials), key).sign(SIGNED_FOR).as_str()).call().unwrap();
+        let get = ureq::get(bucket.get_object(Some(&credentials), key).sign(SIGNED_FOR).as_str())
+            .header("Range", "bytes=0-0")
+            .call()
+            .unwrap();
+        let etag = |r: &ureq::http::Response<ureq::Body>| r.headers()["etag"].to_str().unwrap().to_string();
+        (etag(&head), etag(&get))
+    }
+
     /// Removes `key` from `bucket` (as a lifecycle rule would).
     pub fn delete(&self, bucket: &str, key: &str) {
         let url = self.bucket(bucket).delete_object(Some(&credentials()), key).sign(SIGNED_FOR);

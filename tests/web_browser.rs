@@ -7,7 +7,8 @@
 //! `target/screenshots/web/`. The same pages without a browser: every
 //! value is in the HTML (no script needed) and escaped. Behind access
 //! control, `tests/browser/login.mjs`: Chromium gets the login challenge,
-//! and once it answers sees what its user may.
+//! and once it answers sees what its user may; the menu links to the pages
+//! each viewer (anonymous too) may open, and to no other.
 
 mod common;
 
@@ -85,16 +86,24 @@ fn the_pages_in_a_browser() {
 }
 
 /// With `--htpasswd` (plain HTTP, as behind a proxy that does TLS): the
-/// pages ask Chromium to log in, and show each user what it may see.
+/// pages ask Chromium to log in where anonymous clients may not look, and
+/// show each viewer what it may see. Anonymous clients may pull hello but
+/// build nothing: their menu has no Builds (nor Cache); a user who may
+/// build hello has Builds, the admin Cache too.
 #[test]
 fn the_pages_in_a_browser_that_logs_in() {
     require_browser();
     let flake = TestFlake::web();
-    let (admin, puller) = (("alice", "alice-secret"), ("bob", "bob-secret"));
-    let users = Htpasswd::new(&[admin, puller]);
+    let (admin, puller, builder) = (("alice", "alice-secret"), ("bob", "bob-secret"), ("carol", "carol-secret"));
+    let users = Htpasswd::new(&[admin, puller, builder]);
     let files = TestDir::new();
     let policy = files.path().join("policy.toml");
-    std::fs::write(&policy, "[users.alice]\nadmin = true\n[users.bob]\npull = [\"hello\"]\n").unwrap();
+    std::fs::write(
+        &policy,
+        "[anonymous]\npull = [\"hello\"]\n[users.alice]\nadmin = true\n[users.bob]\npull = [\"hello\"]\n\
+         [users.carol]\nbuild = [\"hello\"]\n",
+    )
+    .unwrap();
     let args = ["--htpasswd", users.arg(), "--allow-insecure-auth", "--policy", policy.to_str().unwrap()];
     let server = FlakeforgeServer::start(flake.path(), &args);
     let as_admin = basic(admin.0, admin.1);
@@ -107,7 +116,7 @@ fn the_pages_in_a_browser_that_logs_in() {
     let hello = builds["builds"].as_array().unwrap().iter().find(|b| b["image"] == "hello").unwrap();
 
     let base = format!("http://{}", server.host());
-    let logins = [format!("{}:{}", puller.0, puller.1), format!("{}:{}", admin.0, admin.1)];
+    let logins = [puller, admin, builder].map(|(user, password)| format!("{user}:{password}"));
     let mut node = Command::new("node");
     node.arg(browser_dir().join("login.mjs")).arg(&base).arg(hello["id"].as_str().unwrap()).args(&logins);
     node.current_dir(browser_dir());
@@ -141,6 +150,9 @@ fn the_pages_without_a_browser() {
     for name in ["hello", "world", "broken", "ticker"] {
         assert!(html.contains(&format!("<tr data-image=\"{name}\">")), "no row for {name}:\n{html}");
     }
+    // Without access control, anyone may open every section.
+    let menu = "<nav><a href=\"/\" aria-current=\"page\">Images</a><a href=\"/builds\">Builds</a><a href=\"/cache\">Cache</a></nav>";
+    assert!(html.contains(menu), "the menu:\n{html}");
 
     let image = with_host(&server, "/images/hello:latest", "registry.example:5000");
     let html = String::from_utf8(image.body).unwrap();

@@ -65,7 +65,7 @@ pub fn list(service: &Service, identity: &Identity) -> Result<Response, Denied> 
         body.push_str("</tbody></table></div>");
     }
     body.push_str("<p class=\"muted\">Finished builds stay listed for a while (the last 100).</p>");
-    Ok(html::page(200, "Builds", Some(Section::Builds), &body))
+    Ok(html::page(200, "Builds", Some(Section::Builds), Some(identity), &body))
 }
 
 /// A heading and a card per build (with the end of its log if `log`), or `empty`.
@@ -126,7 +126,11 @@ fn progress(build: &BuildStatus) -> String {
 /// Build `id`, if `identity` may see it (another's is as unknown as a wrong id).
 pub fn one(service: &Service, identity: &Identity, id: &str) -> Result<Response, Denied> {
     let Some(job) = visible(service, identity, id)? else {
-        return Ok(html::error_page(404, &format!("no build {id} (finished builds are listed for a while only)")));
+        return Ok(html::error_page(
+            404,
+            &format!("no build {id} (finished builds are listed for a while only)"),
+            Some(identity),
+        ));
     };
     let build = job.status();
     let log = job.log_from(0, Duration::ZERO);
@@ -170,5 +174,5 @@ pub fn one(service: &Service, identity: &Identity, id: &str) -> Result<Response,
         escape(&log.text),
         live = if log.finished { "" } else { " · follows the build while it runs" },
     );
-    Ok(html::page(200, &title, Some(Section::Builds), &body))
+    Ok(html::page(200, &title, Some(Section::Builds), Some(identity), &body))
 }

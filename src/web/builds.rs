@@ -40,8 +40,13 @@ pub fn log(service: &Service, identity: &Identity, id: &str) -> Result<Response,
     })
 }
 
+/// Whether `identity` may see builds at all: it may build some image.
+pub(super) fn may_see_builds(identity: &Identity) -> bool {
+    identity.may_some(Right::Build)
+}
+
 fn require_some_builds(identity: &Identity) -> Result<(), Denied> {
-    match identity.may_some(Right::Build) {
+    match may_see_builds(identity) {
         true => Ok(()),
         false => Err(identity.refused("may build no image, so may see no build")),
     }

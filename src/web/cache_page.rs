@@ -44,7 +44,7 @@ pub fn page(service: &Service, identity: &Identity) -> Result<Response, Denied> 
     let _ = write!(body, "<h2>Largest blobs</h2>");
     if cache.largest.is_empty() {
         body.push_str("<p class=\"muted\">The cache is empty.</p>");
-        return Ok(html::page(200, "Cache", Some(Section::Cache), &body));
+        return Ok(html::page(200, "Cache", Some(Section::Cache), Some(identity), &body));
     }
     let users = layer_users(service, identity);
     body.push_str(
@@ -73,5 +73,5 @@ pub fn page(service: &Service, identity: &Identity) -> Result<Response, Denied> 
         );
     }
     body.push_str("</tbody></table></div>");
-    Ok(html::page(200, "Cache", Some(Section::Cache), &body))
+    Ok(html::page(200, "Cache", Some(Section::Cache), Some(identity), &body))
 }

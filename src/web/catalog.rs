@@ -16,7 +16,7 @@ use crate::service::{BuildStatus, ImageView, ServedTag, Service};
 const MAX_ROWS: usize = 500;
 
 pub fn page(service: &Service, request: &Request, identity: &Identity) -> Result<Response, Denied> {
-    if !identity.may_some(Right::Pull) {
+    if !Section::Images.open_to(identity) {
         return Err(identity.refused("may pull no image"));
     }
     let filter = request.query_param("q").unwrap_or_default().trim().to_ascii_lowercase();
@@ -67,7 +67,7 @@ pub fn page(service: &Service, request: &Request, identity: &Identity) -> Result
             let _ = write!(body, "<p class=\"muted\">{} more; filter by name to find them.</p>", rows.len() - MAX_ROWS);
         }
     }
-    Ok(html::page(200, "Images", Some(Section::Images), &body))
+    Ok(html::page(200, "Images", Some(Section::Images), Some(identity), &body))
 }
 
 /// The tags served ([`Service::served_tags`] of `names`) of images `identity` may pull.

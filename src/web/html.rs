@@ -3,6 +3,7 @@
 //! and the few lines of script for live updates (no external assets: the
 //! registry may have no internet), and the formatting of sizes and digests.
 
+use crate::auth::{Identity, Right};
 use crate::digest::Digest;
 use crate::http::Response;
 
@@ -12,6 +13,19 @@ pub enum Section {
     Images,
     Builds,
     Cache,
+}
+
+impl Section {
+    /// Whether `viewer` may open the section's page: what its page checks
+    /// (the catalog, the builds) or asks the access control for (the
+    /// cache), so that the menu links to no page that answers 401 or 403.
+    pub fn open_to(self, viewer: &Identity) -> bool {
+        match self {
+            Section::Images => viewer.may_some(Right::Pull),
+            Section::Builds => super::builds::may_see_builds(viewer),
+            Section::Cache => viewer.is_admin(),
+        }
+    }
 }
 
 /// Text made safe to put into HTML, in element content and in quoted attribute values.
@@ -88,18 +102,29 @@ pub fn time(rfc3339: &str) -> String {
     escape(&rfc3339.replace('T', " ").replace('Z', " UTC"))
 }
 
+/// An anonymous viewer of a server with users: the menu offers `/login`,
+/// since the sections it lacks may be a login away.
+fn may_log_in(viewer: &Identity) -> bool {
+    viewer.user().is_none() && viewer.require_login().is_err()
+}
+
 /// A whole page: the layout around `body` (already HTML), as a response.
-pub fn page(status: u16, title: &str, section: Option<Section>, body: &str) -> Response {
-    let link = |href: &str, label: &str, this: Section| {
-        let current = if section == Some(this) { " aria-current=\"page\"" } else { "" };
-        format!("<a href=\"{href}\"{current}>{label}</a>")
-    };
-    let nav = [
-        link("/", "Images", Section::Images),
-        link("/builds", "Builds", Section::Builds),
-        link("/cache", "Cache", Section::Cache),
-    ]
-    .join("");
+/// Its menu links to the sections `viewer` may open (none for a client
+/// that could not be identified), and to `/login` for an anonymous one
+/// that could log in.
+pub fn page(status: u16, title: &str, section: Option<Section>, viewer: Option<&Identity>, body: &str) -> Response {
+    let mut nav: String =
+        [("/", "Images", Section::Images), ("/builds", "Builds", Section::Builds), ("/cache", "Cache", Section::Cache)]
+            .into_iter()
+            .filter(|&(_, _, this)| viewer.is_some_and(|viewer| this.open_to(viewer)))
+            .map(|(href, label, this)| {
+                let current = if section == Some(this) { " aria-current=\"page\"" } else { "" };
+                format!("<a href=\"{href}\"{current}>{label}</a>")
+            })
+            .collect();
+    if viewer.is_some_and(may_log_in) {
+        nav.push_str("<a href=\"/login\">Log in</a>");
+    }
     let html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -122,15 +147,15 @@ pub fn page(status: u16, title: &str, section: Option<Section>, body: &str) -> R
         .bytes(html.into_bytes())
 }
 
-/// A page that only says what went wrong.
-pub fn error_page(status: u16, message: &str) -> Response {
+/// A page that only says what went wrong, with the menu of `viewer`.
+pub fn error_page(status: u16, message: &str, viewer: Option<&Identity>) -> Response {
     let title = match status {
         401 => "Log in",
         403 => "Not allowed",
         404 => "Not found",
         _ => "Error",
     };
-    page(status, title, None, &format!("<h1>{status}</h1><p class=\"notice\">{}</p>", escape(message)))
+    page(status, title, None, viewer, &format!("<h1>{status}</h1><p class=\"notice\">{}</p>", escape(message)))
 }
 
 /// The one style sheet: readable on a phone (one column, tables scroll sideways).
@@ -245,14 +270,38 @@ mod tests {
         assert_eq!(store_name("/srv/image.tar"), "image.tar");
     }
 
+    fn text(response: &Response) -> String {
+        let crate::http::Body::Bytes(body) = &response.body else { panic!("a page has a body") };
+        String::from_utf8_lossy(body).into_owned()
+    }
+
+    /// A client of a server without access control: it may open everything.
+    fn anyone() -> Identity {
+        let guard = crate::auth::Guard::open(&crate::auth::AuthOptions::default()).unwrap();
+        let request = crate::http::Request {
+            method: "GET".into(),
+            path: "/".into(),
+            query: None,
+            headers: Vec::new(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        guard.identify(&request).unwrap()
+    }
+
     #[test]
     fn a_page_escapes_its_title_and_shuts_out_other_origins() {
-        let response = page(200, "<b>", Some(Section::Cache), "<p>body</p>");
-        let crate::http::Body::Bytes(body) = &response.body else { panic!("a page has a body") };
-        let html = String::from_utf8_lossy(body);
+        let response = page(200, "<b>", Some(Section::Cache), Some(&anyone()), "<p>body</p>");
+        let html = text(&response);
         assert!(html.contains("<title>&lt;b&gt; · flakeforge</title>") && html.contains("<p>body</p>"));
-        assert!(html.contains("<a href=\"/cache\" aria-current=\"page\">Cache</a>"));
+        assert!(html.contains(
+            "<nav><a href=\"/\">Images</a><a href=\"/builds\">Builds</a><a href=\"/cache\" aria-current=\"page\">Cache</a></nav>"
+        ));
         let policy = response.headers.iter().find(|(name, _)| name == "Content-Security-Policy").unwrap();
         assert!(policy.1.starts_with("default-src 'none'"));
+    }
+
+    #[test]
+    fn a_client_not_identified_gets_no_menu() {
+        assert!(text(&error_page(401, "wrong user name or password", None)).contains("<nav></nav>"));
     }
 }

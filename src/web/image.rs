@@ -30,7 +30,7 @@ const CONFIG_KEYS: [&str; 10] =
 pub fn page(service: &Service, request: &Request, identity: &Identity, reference: &str) -> Result<Response, Denied> {
     let (name, tag) = reference.rsplit_once(':').unwrap_or((reference, "latest"));
     let (Some(name), Some(tag)) = (RepoName::parse(name), Tag::parse(tag)) else {
-        return Ok(html::error_page(404, "not an image name and tag"));
+        return Ok(html::error_page(404, "not an image name and tag", Some(identity)));
     };
     identity.require(Right::Pull, &name.canonical())?;
     let title = format!("{name}:{tag}");
@@ -58,7 +58,7 @@ pub fn page(service: &Service, request: &Request, identity: &Identity, reference
             }
         );
         let status = if builds.is_empty() { 404 } else { 200 };
-        return Ok(html::page(status, &title, Some(Section::Images), &body));
+        return Ok(html::page(status, &title, Some(Section::Images), Some(identity), &body));
     };
     let users = layer_users(service, identity);
     let _ = write!(
@@ -72,7 +72,7 @@ pub fn page(service: &Service, request: &Request, identity: &Identity, reference
     for platform in &view.platforms {
         body.push_str(&platform_section(&view, platform, &users));
     }
-    Ok(html::page(200, &title, Some(Section::Images), &body))
+    Ok(html::page(200, &title, Some(Section::Images), Some(identity), &body))
 }
 
 /// The lines to copy, with the host the browser reached this server by.

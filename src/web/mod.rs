@@ -4,13 +4,15 @@
 //! answered as JSON (errors as `{"error": "…"}`) or text. For people, the
 //! operator's site: the catalog at `/` ([`catalog`]), an image's page
 //! ([`image`], with its layer chart from [`chart`]), the builds
-//! ([`build_pages`]) and the cache ([`cache_page`]), server-rendered HTML
+//! ([`build_pages`]), the cache ([`cache_page`]) and `/login` (the Basic
+//! challenge for an anonymous viewer, then back to `/`), server-rendered HTML
 //! built with [`html`]. And the Prometheus metrics at `/metrics` ([`metrics`]).
 //!
 //! Every answer is for the client's [`Identity`]: a page shows what it may
 //! see (the images it may pull, the builds of those it may build; the cache
-//! and the metrics are for admins), and a refusal is a `401` (with the
-//! Basic challenge browsers answer) or `403`, as JSON or as a page.
+//! and the metrics are for admins), its menu links to the pages it may open
+//! ([`html::Section::open_to`]), and a refusal is a `401` (with the Basic
+//! challenge browsers answer) or `403`, as JSON or as a page.
 
 pub mod build_pages;
 pub mod builds;
@@ -79,10 +81,12 @@ impl Web {
         refusal(denied, error)
     }
 
-    /// The answer to a page refused: a page. Browsers ask for a user name
-    /// and password on the `401`'s challenge and send them from then on.
+    /// The answer to a page refused before the client was identified
+    /// (wrong credentials, a throttled address): a page with no menu.
+    /// Browsers ask for a user name and password on the `401`'s challenge
+    /// and send them from then on.
     pub fn refuse_page(denied: Denied) -> Response {
-        refusal(denied, html::error_page)
+        refusal(denied, |status, message| html::error_page(status, message, None))
     }
 
     /// Whether `path` is a page of the site or `/metrics` (answered by [`Web::page`]).
@@ -95,22 +99,32 @@ impl Web {
     /// and the metrics for admins), or `401`/`403` as a page.
     pub fn page(&self, request: &Request, identity: &Identity) -> Response {
         if !matches!(request.method.as_str(), "GET" | "HEAD") {
-            return html::error_page(405, "pages answer GET and HEAD").header("Allow", "GET, HEAD");
+            return html::error_page(405, "pages answer GET and HEAD", Some(identity)).header("Allow", "GET, HEAD");
         }
         let path = request.path.as_str();
         let answer = match page_kind(path) {
             Some(Page::Metrics) if self.options.metrics_on_main => {
                 identity.require_admin("the metrics").map(|()| metrics::response())
             }
-            Some(Page::Metrics) => Ok(html::error_page(404, "the metrics are served on the --metrics-listen address")),
+            Some(Page::Metrics) => {
+                Ok(html::error_page(404, "the metrics are served on the --metrics-listen address", Some(identity)))
+            }
             Some(Page::Catalog) => catalog::page(&self.service, request, identity),
             Some(Page::Image(reference)) => image::page(&self.service, request, identity, reference),
             Some(Page::Builds) => build_pages::list(&self.service, identity),
             Some(Page::Build(id)) => build_pages::one(&self.service, identity, id),
             Some(Page::Cache) => cache_page::page(&self.service, identity),
-            None => Ok(html::error_page(404, "no such page")),
+            // The challenge for an anonymous client where users may log
+            // in; the browser then asks again with the login: back to `/`.
+            Some(Page::Login) => identity
+                .require_login()
+                .map(|()| Response::new(303).header("Location", "/").header("Cache-Control", "no-store")),
+            None => Ok(html::error_page(404, "no such page", Some(identity))),
         };
-        answer.unwrap_or_else(Web::refuse_page)
+        // A refused page keeps the menu of what the client may open.
+        answer.unwrap_or_else(|denied| {
+            refusal(denied, |status, message| html::error_page(status, message, Some(identity)))
+        })
     }
 
     /// The endpoint kind of a path this room answers, as the metrics count it.
@@ -135,6 +149,7 @@ enum Page<'a> {
     Builds,
     Build(&'a str),
     Cache,
+    Login,
     Metrics,
 }
 
@@ -143,6 +158,7 @@ fn page_kind(path: &str) -> Option<Page<'_>> {
         "/" => Some(Page::Catalog),
         "/builds" => Some(Page::Builds),
         "/cache" => Some(Page::Cache),
+        "/login" => Some(Page::Login),
         metrics::PATH => Some(Page::Metrics),
         _ => {
             if let Some(reference) = path.strip_prefix("/images/").filter(|r| !r.is_empty()) {
@@ -155,7 +171,7 @@ fn page_kind(path: &str) -> Option<Page<'_>> {
 }
 
 /// A refusal rendered by `render` (JSON or a page), with the challenge or the wait.
-fn refusal(denied: Denied, render: fn(u16, &str) -> Response) -> Response {
+fn refusal(denied: Denied, render: impl Fn(u16, &str) -> Response) -> Response {
     match denied {
         Denied::Unauthenticated(message) => render(401, &message).header("WWW-Authenticate", auth::CHALLENGE),
         Denied::Forbidden(message) => render(403, &message),

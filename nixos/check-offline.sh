@@ -5,7 +5,12 @@
 #   2. flake.nix, nixos/ and vm-tests/ call no fetcher and name no remote
 #      source that would need the network (inside the VMs there is none);
 #   3. the test flake the VMs serve has no inputs;
-#   4. with --build, or when a static busybox is at hand: the test flake,
+#   4. the NixOS module evaluates (with stand-ins for nixpkgs) to the
+#      service nixos/service.json describes, and its options pass their
+#      `flakeforge serve` flags when set and only then
+#      (nixos/check-service-settings.nix; tests/systemd_unit.rs runs it
+#      again with the built binary's `serve --help`, to compare defaults);
+#   5. with --build, or when a static busybox is at hand: the test flake,
 #      with that busybox in tools/<this system>/, has packages for this
 #      system only, builds here and its programs print what the VM tests
 #      expect; with a tools/<other system>/ as well (evaluated, not built)
@@ -107,7 +112,14 @@ if [ -f "$test_flake" ]; then
   [ "$shape" = '{"args":["self"],"inputs":{}}' ] || fail "$test_flake must have no inputs (got $shape)"
 fi
 
-# 4. Build the test flake with a static busybox and run its programs.
+# 4. The module evaluates, and its service is what it should be.
+if problems=$(nix-instantiate --eval --strict --json nixos/check-service-settings.nix --arg serveHelp null 2>&1); then
+  [ "$problems" = "[]" ] || fail "the NixOS module's service: $problems"
+else
+  fail "nixos/check-service-settings.nix does not evaluate: $problems"
+fi
+
+# 5. Build the test flake with a static busybox and run its programs.
 busybox=${BUSYBOX:-/bin/busybox}
 static_busybox() { [ -x "$busybox" ] && ! ldd "$busybox" >/dev/null 2>&1; }
 if [ "$build" = yes ] || { [ "$build" = auto ] && static_busybox && command -v nix >/dev/null; }; then
@@ -176,4 +188,4 @@ if [ "$failures" -ne 0 ]; then
   echo "check-offline: $failures problem(s)" >&2
   exit 1
 fi
-echo "check-offline: ok ($parsed .nix files parse; no network in flake.nix, nixos/, vm-tests/)"
+echo "check-offline: ok ($parsed .nix files parse; no network in flake.nix, nixos/, vm-tests/; the module evaluates)"

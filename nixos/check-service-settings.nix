@@ -3,14 +3,25 @@
 # it defines with nixos/service.json, the settings it shares with
 # contrib/systemd/flakeforge.service:
 #
-#   nix-instantiate --eval --strict --json nixos/check-service-settings.nix
+#   nix-instantiate --eval --strict --json nixos/check-service-settings.nix \
+#     --argstr serveHelp "$(flakeforge serve --help)"    # or --arg serveHelp null
 #
 # prints the list of differences: `[]` when the module's service has every
 # shared setting with the same value, and no hardening of its own that the
 # file lacks. Both for a port above 1024 and for one below (privilegedPort);
 # and, with access control on, that the htpasswd file reaches the service as
 # a credential and the policy file is rendered as the server reads it.
-# tests/systemd_unit.rs runs it.
+# The configurations start from the options' declared defaults; with those,
+# ExecStart passes none of the flags of the options that tune `flakeforge
+# serve` (flagCases), and each of them set alone adds its flag. Given the
+# binary's `serve --help` (serveHelp), also: each of those options' default
+# is the binary's own, and every flag of `serve` is passed by some option
+# here or named as left to extraArgs.
+# tests/systemd_unit.rs runs it (with serveHelp); nixos/check-offline.sh
+# too (without: no binary is built yet).
+{
+  serveHelp ? null,
+}:
 let
   shared = builtins.fromJSON (builtins.readFile ./service.json);
 
@@ -36,7 +47,8 @@ let
   };
   stub = {
     mkIf = condition: value: if condition then value else absent;
-    mkOption = option: option;
+    # Marked, so that the check can tell an option from a group of them.
+    mkOption = option: option // { _option = true; };
     mkEnableOption = description: { inherit description; };
     mkPackageOption = _pkgs: name: _extra: { inherit name; };
     literalExpression = text: text;
@@ -53,6 +65,8 @@ let
       nullOr = t: [ t ];
       strMatching = regex: regex;
       ints.positive = "positive";
+      ints.unsigned = "unsigned";
+      ints.between = low: high: "between ${toString low} ${toString high}";
     };
     optional = condition: value: if condition then [ value ] else [ ];
     optionals = condition: values: if condition then values else [ ];
@@ -66,48 +80,36 @@ let
     contains = needle: s: builtins.replaceStrings [ needle ] [ "" ] s != s;
   };
 
-  noAuth = {
-    htpasswdFile = null;
-    policy = null;
-    allowAnonymousPull = false;
-  };
+  # The options' declared defaults, group by group (those without one,
+  # enable, package and flake, are set by `service`).
+  defaultsOf =
+    options:
+    builtins.mapAttrs (
+      _: option: if option._option or false then option.default else defaultsOf option
+    ) (removeAttrs options [ "enable" "package" "flake" ]);
 
-  service =
-    port: auth:
+  # `base` with `settings` put in, group by group.
+  update =
+    base: settings:
+    base
+    // builtins.mapAttrs (
+      name: value:
+      if builtins.isAttrs value && builtins.isAttrs (base.${name} or null) then update base.${name} value else value
+    ) settings;
+
+  # The module evaluated with its defaults but for `settings`: its options
+  # and the flakeforge service.
+  evaluate =
+    settings:
     let
-      cfg = {
-        enable = true;
-        package = "/flakeforge";
-        flake = "/srv/images";
-        systems = [ "x86_64-linux" ];
-        listen = [ "0.0.0.0" ];
-        inherit port;
-        openFirewall = false;
-        tls = {
-          mode = "selfSigned";
-          hostnames = [ "registry" ];
-          certFile = null;
-          keyFile = null;
-          useACMEHost = null;
-        };
-        supplementaryGroups = [ ];
-        cacheSize = "10G";
-        buildTimeout = 1800;
-        maxBuilds = 2;
-        compression = "gzip";
-        logLevel = "info";
-        extraArgs = [ ];
-        storage.s3 = {
-          bucket = null;
-          prefix = "flakeforge";
-          endpoint = null;
-          region = null;
-          redirect = true;
-          redirectExpiry = 300;
-        };
-        environmentFile = null;
-        inherit auth;
-      };
+      cfg = update (defaultsOf module.options.services.flakeforge) (
+        {
+          enable = true;
+          package = "/flakeforge";
+          flake = "/srv/images";
+        }
+        // settings
+      );
       module = import ./module.nix {
         lib = stub;
         config = {
@@ -133,9 +135,12 @@ let
       present = attrs: removeAttrs attrs (builtins.filter (name: attrs.${name} == absent) (builtins.attrNames attrs));
     in
     {
+      options = module.options.services.flakeforge;
       serviceConfig = present unit.serviceConfig;
       inherit (unit) environment;
     };
+
+  service = settings: removeAttrs (evaluate settings) [ "options" ];
 
   expected =
     privileged:
@@ -168,13 +173,12 @@ let
     ) [ "serviceConfig" "environment" ];
   # With an htpasswd file and anonymous pulls: the file as a credential, and
   # the policy the server would use without one, plus anonymous pulls.
-  withAuth = service 5000 (
-    noAuth
-    // {
+  withAuth = service {
+    auth = {
       htpasswdFile = "/run/secrets/htpasswd";
       allowAnonymousPull = true;
-    }
-  );
+    };
+  };
   policyJson = builtins.toJSON {
     anonymous.pull = [ "**" ];
     authenticated = {
@@ -193,10 +197,200 @@ let
       "auth: ExecStart does not end in --htpasswd %d/htpasswd: ${execStart}"
     ++ stub.optional (!stub.contains "--policy /flakeforge-policy.json=${policyJson} " execStart)
       "auth: ExecStart has not the policy ${policyJson}: ${execStart}"
-    ++ stub.optional ((service 5000 noAuth).serviceConfig ? LoadCredential)
+    ++ stub.optional ((service { }).serviceConfig ? LoadCredential)
       "auth: LoadCredential without an htpasswd file";
+
+  # The options that tune `flakeforge serve`, each set to something other
+  # than its default, and the arguments that must then be in ExecStart.
+  flagCases = [
+    {
+      option = "prebuild";
+      value = [
+        "hello"
+        "tools/jq:v1"
+      ];
+      args = "--prebuild hello --prebuild tools/jq:v1";
+    }
+    {
+      option = "prebuildAll";
+      value = true;
+      args = "--prebuild-all";
+    }
+    {
+      option = "watchInterval";
+      value = 0;
+      args = "--watch-interval 0";
+    }
+    {
+      option = "answerWithin";
+      value = 0;
+      args = "--answer-within 0";
+    }
+    {
+      option = "serveStale";
+      value = false;
+      args = "--no-stale";
+    }
+    {
+      option = "negativeTtl";
+      value = 5;
+      args = "--negative-ttl 5";
+    }
+    {
+      option = "tagTtl";
+      value = 300;
+      args = "--tag-ttl 300";
+    }
+    {
+      option = "maxEvals";
+      value = 8;
+      args = "--max-evals 8";
+    }
+    {
+      option = "buildRate";
+      value = 0;
+      args = "--build-rate 0";
+    }
+    {
+      option = "maxConnections";
+      value = 2048;
+      args = "--max-connections 2048";
+    }
+    {
+      option = "maxConnectionsPerIp";
+      value = 16;
+      args = "--max-connections-per-ip 16";
+    }
+    {
+      option = "metricsListen";
+      value = "127.0.0.1:9100";
+      args = "--metrics-listen 127.0.0.1:9100";
+    }
+    {
+      option = "sbom";
+      value = false;
+      args = "--no-sbom";
+    }
+  ];
+  flagOf = case: builtins.head (builtins.split " " case.args);
+  defaults = evaluate { };
+  # ExecStart with the arguments after `serve`, ending in a space.
+  argsOf = unit: builtins.elemAt (builtins.split " serve " unit.serviceConfig.ExecStart) 2 + " ";
+  flagProblems = builtins.concatMap (
+    case:
+    let
+      declared = defaults.options.${case.option} or { };
+      execStart = (service { ${case.option} = case.value; }).serviceConfig.ExecStart;
+    in
+    if !(declared._option or false) then
+      [ "flags: the module declares no option ${case.option} (${flagOf case})" ]
+    else
+      stub.optional (!(declared ? description) || !(declared ? default))
+        "flags: ${case.option} has no description or no default"
+      ++ stub.optional (declared.default == case.value)
+        "flags: ${case.option}'s default is the value the check sets, ${builtins.toJSON case.value}"
+      ++ stub.optional (!stub.contains " ${case.args} " (execStart + " "))
+        "flags: ${case.option} = ${builtins.toJSON case.value} does not pass ${case.args}: ${execStart}"
+      ++ stub.optional (stub.contains " ${flagOf case} " (argsOf defaults))
+        "flags: ${case.option} at its default passes ${flagOf case}: ${defaults.serviceConfig.ExecStart}"
+  ) flagCases;
+
+  # What `flakeforge serve --help` says: each flag's paragraph, whitespace
+  # collapsed, by flag.
+  helpFlags =
+    let
+      options = builtins.elemAt (builtins.split "\nOptions:\n" serveHelp) 2;
+      paragraphs = builtins.filter builtins.isString (builtins.split "\n  --" "\n${options}");
+      flagParagraph =
+        text:
+        let
+          words = builtins.filter (w: builtins.isString w && w != "") (builtins.split "[[:space:]]+" text);
+        in
+        {
+          # `--help, help`: the flag without the comma.
+          name = "--${builtins.replaceStrings [ "," ] [ "" ] (builtins.head words)}";
+          value = builtins.concatStringsSep " " (builtins.tail words);
+        };
+    in
+    builtins.listToAttrs (map flagParagraph (builtins.filter (p: p != "") paragraphs));
+  helpDefault =
+    flag:
+    let
+      found = builtins.match ".*\\(default: ([^)]*)\\).*" (helpFlags.${flag} or "");
+    in
+    if found == null then null else builtins.head found;
+
+  # Flags of `serve` no option passes: set them with extraArgs. The S3
+  # credentials come from environmentFile instead of a file.
+  leftToExtraArgs = [
+    "--s3-credentials"
+    "--new-ca"
+    "--allow-insecure-auth"
+    "--no-legacy-packages"
+    "--max-compose"
+    "--max-layers"
+    "--max-header-bytes"
+    "--head-timeout"
+    "--keepalive-timeout"
+    "--help"
+  ];
+  # Configurations that together pass every other flag.
+  everyFlag = map argsOf (
+    [
+      defaults
+      withAuth
+      (service {
+        tls.mode = "off";
+        auth.htpasswdFile = "/run/secrets/htpasswd";
+        extraArgs = [ "--allow-insecure-auth" ];
+      })
+      (service {
+        tls = {
+          mode = "files";
+          certFile = "/etc/cert.pem";
+          keyFile = "/etc/key.pem";
+          hostnames = [ ];
+        };
+        systems = [
+          "x86_64-linux"
+          "aarch64-linux"
+        ];
+        storage.s3 = {
+          bucket = "images";
+          endpoint = "http://127.0.0.1:8333";
+          region = "eu-central-1";
+          redirect = false;
+          redirectExpiry = 60;
+        };
+      })
+    ]
+    ++ map (case: service { ${case.option} = case.value; }) flagCases
+  );
+  helpProblems =
+    stub.optional (helpFlags == { }) "help: serveHelp lists no flag: ${serveHelp}"
+    ++ builtins.concatMap (
+      case:
+      let
+        flag = flagOf case;
+        default = defaults.options.${case.option}.default or null;
+      in
+      if !(helpFlags ? ${flag}) then
+        [ "help: flakeforge serve has no ${flag}" ]
+      else
+        stub.optional (builtins.isInt default && helpDefault flag != toString default)
+          "help: ${case.option} defaults to ${toString default}, flakeforge serve ${flag} to ${toString (helpDefault flag)}"
+        ++ stub.optional (!builtins.isInt default && helpDefault flag != null)
+          "help: ${case.option} defaults to ${builtins.toJSON default}, flakeforge serve ${flag} to ${helpDefault flag}"
+    ) flagCases
+    ++ map (flag: "help: no option passes ${flag}: add one, or name it in leftToExtraArgs") (
+      builtins.filter (
+        flag: !(builtins.elem flag leftToExtraArgs) && !(builtins.any (stub.contains "${flag} ") everyFlag)
+      ) (builtins.attrNames helpFlags)
+    );
 in
-compare "port 5000" (service 5000 noAuth) (expected false)
-++ compare "port 443" (service 443 noAuth) (expected true)
+compare "port 5000" (service { }) (expected false)
+++ compare "port 443" (service { port = 443; }) (expected true)
 ++ compare "port 5000 with access control" withAuth (expected false)
 ++ authProblems
+++ flagProblems
+++ stub.optionals (serveHelp != null) helpProblems

@@ -105,6 +105,77 @@ let
     ]
   );
 
+  # flakeforge's own defaults of the flags below, which are the options'
+  # defaults: a flag is passed only when its option says something else, so
+  # that a configuration setting none of them passes none (and keeps working
+  # with a flakeforge older than the flag).
+  serveDefaults = {
+    watchInterval = 60;
+    answerWithin = 20;
+    negativeTtl = 30;
+    tagTtl = 60;
+    maxEvals = 4;
+    buildRate = 30;
+    maxConnections = 512;
+    maxConnectionsPerIp = 128;
+  };
+
+  # `--FLAG VALUE` for each option of serveDefaults set to another value.
+  tunedArgs =
+    lib.concatMap
+      (
+        { option, flag }:
+        lib.optionals (cfg.${option} != serveDefaults.${option}) [
+          flag
+          (toString cfg.${option})
+        ]
+      )
+      [
+        {
+          option = "watchInterval";
+          flag = "--watch-interval";
+        }
+        {
+          option = "answerWithin";
+          flag = "--answer-within";
+        }
+        {
+          option = "negativeTtl";
+          flag = "--negative-ttl";
+        }
+        {
+          option = "tagTtl";
+          flag = "--tag-ttl";
+        }
+        {
+          option = "maxEvals";
+          flag = "--max-evals";
+        }
+        {
+          option = "buildRate";
+          flag = "--build-rate";
+        }
+        {
+          option = "maxConnections";
+          flag = "--max-connections";
+        }
+        {
+          option = "maxConnectionsPerIp";
+          flag = "--max-connections-per-ip";
+        }
+      ]
+    ++ lib.concatMap (image: [
+      "--prebuild"
+      image
+    ]) cfg.prebuild
+    ++ lib.optional cfg.prebuildAll "--prebuild-all"
+    ++ lib.optional (!cfg.serveStale) "--no-stale"
+    ++ lib.optional (!cfg.sbom) "--no-sbom"
+    ++ lib.optionals (cfg.metricsListen != null) [
+      "--metrics-listen"
+      cfg.metricsListen
+    ];
+
   args = [
     "${cfg.package}/bin/flakeforge"
     "serve"
@@ -141,6 +212,7 @@ let
     ]) cfg.systems
   )
   ++ authArgs
+  ++ tunedArgs
   ++ cfg.extraArgs;
 
   # Prints the CA certificate clients must trust. It only reads: `flakeforge
@@ -449,6 +521,138 @@ in
       default = "gzip";
       example = "zstd:9";
       description = "Layer compression: `none`, `gzip[:LEVEL]` (1-12, default 6) or `zstd[:LEVEL]` (1-19, default 3). `zstd` is faster and smaller; every current client pulls it, some old ones do not.";
+    };
+
+    maxEvals = mkOption {
+      type = types.ints.positive;
+      default = serveDefaults.maxEvals;
+      description = ''
+        Other `nix` processes (evaluations, `path-info`, flake metadata)
+        that run at once, apart from builds (`--max-evals`).
+      '';
+    };
+
+    buildRate = mkOption {
+      type = types.ints.unsigned;
+      default = serveDefaults.buildRate;
+      example = 0;
+      description = ''
+        Requests per minute from one client address that may start Nix
+        work (a build or an evaluation); more get `TOOMANYREQUESTS`. 0: no
+        limit (`--build-rate`).
+      '';
+    };
+
+    answerWithin = mkOption {
+      type = types.ints.unsigned;
+      default = serveDefaults.answerWithin;
+      description = ''
+        Seconds a manifest request waits for its build before it gets a
+        retryable `429 TOOMANYREQUESTS` (clients ask again, the build goes
+        on); 0 waits for the end of the build (`--answer-within`).
+      '';
+    };
+
+    negativeTtl = mkOption {
+      type = types.ints.unsigned;
+      default = serveDefaults.negativeTtl;
+      description = ''
+        Seconds an unknown name or ref, or a failed build, stays the answer
+        without running Nix again (`--negative-ttl`).
+      '';
+    };
+
+    tagTtl = mkOption {
+      type = types.ints.unsigned;
+      default = serveDefaults.tagTtl;
+      description = ''
+        Seconds a resolved moving tag (`latest`, a branch) is reused before
+        it is resolved again (`--tag-ttl`).
+      '';
+    };
+
+    serveStale = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Serve a moving tag's last image while its new revision builds;
+        false makes pulls wait for the new one (`--no-stale`).
+      '';
+    };
+
+    prebuild = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "hello"
+        "tools/jq:v1.2"
+      ];
+      description = ''
+        Images (`NAME` or `NAME:TAG`) built when the service starts and
+        whenever their tag moves, so that the first pull finds them built
+        (`--prebuild`).
+      '';
+    };
+
+    prebuildAll = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Build every package of `packages.<system>` (for every one of
+        {option}`systems`, as `latest`) when the service starts and
+        whenever the flake moves (`--prebuild-all`).
+      '';
+    };
+
+    watchInterval = mkOption {
+      type = types.ints.unsigned;
+      default = serveDefaults.watchInterval;
+      description = ''
+        Seconds between looks at the flake's revision (for
+        {option}`prebuild` and moving tags); 0 looks only on
+        SIGUSR1 or `POST /-/refresh` (`--watch-interval`).
+      '';
+    };
+
+    sbom = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Attach an SBOM and provenance to the images built (as OCI
+        referrers); false attaches neither (`--no-sbom`).
+      '';
+    };
+
+    maxConnections = mkOption {
+      type = types.ints.positive;
+      default = serveDefaults.maxConnections;
+      description = ''
+        The most open connections; past it an idle one is closed to make
+        room, or the newcomer gets a 503 (`--max-connections`). Keep it
+        below `LimitNOFILE` (65536).
+      '';
+    };
+
+    maxConnectionsPerIp = mkOption {
+      type = types.ints.positive;
+      default = serveDefaults.maxConnectionsPerIp;
+      description = ''
+        The most open connections from one client address (an IPv6 /64);
+        more get a 503 unless an idle one of theirs can be closed
+        (`--max-connections-per-ip`).
+      '';
+    };
+
+    metricsListen = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "127.0.0.1:9100";
+      description = ''
+        An address (`IP:PORT`) to serve the Prometheus metrics on, plain
+        HTTP and without access control, instead of `/metrics` on the main
+        port, where only admins may read them (`--metrics-listen`). The
+        firewall is not opened for it.
+      '';
     };
 
     logLevel = mkOption {

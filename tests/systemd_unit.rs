@@ -1,7 +1,8 @@
 //! One source for the service's settings: nixos/service.json. The unit for
 //! Debian-family hosts (contrib/systemd/flakeforge.service) is what
 //! `flakeforge systemd-unit` renders from it, and the NixOS module's service
-//! has exactly its settings (evaluated offline, without nixpkgs). The VM
+//! has exactly its settings (evaluated offline, without nixpkgs), with the
+//! flags of `flakeforge serve` its options pass. The VM
 //! tests (tests/vm_debian.rs) check a running service against it as well.
 
 use std::path::Path;
@@ -27,16 +28,22 @@ fn the_committed_unit_is_what_systemd_unit_prints() {
     );
 }
 
+/// Also the options that tune `flakeforge serve`: each passes its flag
+/// when set and only then, with the binary's own default (from this
+/// build's `serve --help`), and every flag of `serve` is an option's or
+/// named as left to extraArgs.
 #[test]
 fn the_nixos_module_has_the_settings_of_service_json() {
+    let (code, help, stderr) = flakeforge(&["serve", "--help"]);
+    assert_eq!(code, 0, "{stderr}");
     let out = Command::new("nix-instantiate")
         .current_dir(REPO)
-        .args(["--eval", "--strict", "--json", "nixos/check-service-settings.nix"])
+        .args(["--eval", "--strict", "--json", "nixos/check-service-settings.nix", "--argstr", "serveHelp", &help])
         .output()
         .expect("nix-instantiate (nix-bin) is needed: scripts/install-deps.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "nixos/check-service-settings.nix: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.trim(), "[]", "the NixOS module and nixos/service.json differ");
+    assert_eq!(stdout.trim(), "[]", "the NixOS module differs from nixos/service.json or from flakeforge serve");
 }
 
 #[test]

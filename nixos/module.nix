@@ -105,65 +105,59 @@ let
     ]
   );
 
-  # flakeforge's own defaults of the flags below, which are the options'
-  # defaults: a flag is passed only when its option says something else, so
-  # that a configuration setting none of them passes none (and keeps working
-  # with a flakeforge older than the flag).
-  serveDefaults = {
-    watchInterval = 60;
-    answerWithin = 20;
-    negativeTtl = 30;
-    tagTtl = 60;
-    maxEvals = 4;
-    buildRate = 30;
-    maxConnections = 512;
-    maxConnectionsPerIp = 128;
+  # The flags of `flakeforge serve` that take a number, by option, with
+  # flakeforge's own default, which is the option's: a flag is passed only
+  # when its option says something else, so that a configuration setting
+  # none of them passes none (and keeps working with a flakeforge older
+  # than the flag).
+  numberFlags = {
+    maxEvals = {
+      flag = "--max-evals";
+      default = 4;
+    };
+    buildRate = {
+      flag = "--build-rate";
+      default = 30;
+    };
+    answerWithin = {
+      flag = "--answer-within";
+      default = 20;
+    };
+    negativeTtl = {
+      flag = "--negative-ttl";
+      default = 30;
+    };
+    tagTtl = {
+      flag = "--tag-ttl";
+      default = 60;
+    };
+    watchInterval = {
+      flag = "--watch-interval";
+      default = 60;
+    };
+    maxConnections = {
+      flag = "--max-connections";
+      default = 512;
+    };
+    maxConnectionsPerIp = {
+      flag = "--max-connections-per-ip";
+      default = 128;
+    };
   };
 
-  # `--FLAG VALUE` for each option of serveDefaults set to another value.
+  # `--FLAG VALUE` for each of numberFlags set to another value; the other
+  # tuning options likewise pass nothing at their defaults.
   tunedArgs =
-    lib.concatMap
-      (
-        { option, flag }:
-        lib.optionals (cfg.${option} != serveDefaults.${option}) [
-          flag
-          (toString cfg.${option})
-        ]
-      )
-      [
-        {
-          option = "watchInterval";
-          flag = "--watch-interval";
-        }
-        {
-          option = "answerWithin";
-          flag = "--answer-within";
-        }
-        {
-          option = "negativeTtl";
-          flag = "--negative-ttl";
-        }
-        {
-          option = "tagTtl";
-          flag = "--tag-ttl";
-        }
-        {
-          option = "maxEvals";
-          flag = "--max-evals";
-        }
-        {
-          option = "buildRate";
-          flag = "--build-rate";
-        }
-        {
-          option = "maxConnections";
-          flag = "--max-connections";
-        }
-        {
-          option = "maxConnectionsPerIp";
-          flag = "--max-connections-per-ip";
-        }
+    lib.concatMap (
+      option:
+      let
+        inherit (numberFlags.${option}) flag default;
+      in
+      lib.optionals (cfg.${option} != default) [
+        flag
+        (toString cfg.${option})
       ]
+    ) (builtins.attrNames numberFlags)
     ++ lib.concatMap (image: [
       "--prebuild"
       image
@@ -525,7 +519,7 @@ in
 
     maxEvals = mkOption {
       type = types.ints.positive;
-      default = serveDefaults.maxEvals;
+      default = numberFlags.maxEvals.default;
       description = ''
         Other `nix` processes (evaluations, `path-info`, flake metadata)
         that run at once, apart from builds (`--max-evals`).
@@ -534,7 +528,7 @@ in
 
     buildRate = mkOption {
       type = types.ints.unsigned;
-      default = serveDefaults.buildRate;
+      default = numberFlags.buildRate.default;
       example = 0;
       description = ''
         Requests per minute from one client address that may start Nix
@@ -545,7 +539,7 @@ in
 
     answerWithin = mkOption {
       type = types.ints.unsigned;
-      default = serveDefaults.answerWithin;
+      default = numberFlags.answerWithin.default;
       description = ''
         Seconds a manifest request waits for its build before it gets a
         retryable `429 TOOMANYREQUESTS` (clients ask again, the build goes
@@ -555,7 +549,7 @@ in
 
     negativeTtl = mkOption {
       type = types.ints.unsigned;
-      default = serveDefaults.negativeTtl;
+      default = numberFlags.negativeTtl.default;
       description = ''
         Seconds an unknown name or ref, or a failed build, stays the answer
         without running Nix again (`--negative-ttl`).
@@ -564,7 +558,7 @@ in
 
     tagTtl = mkOption {
       type = types.ints.unsigned;
-      default = serveDefaults.tagTtl;
+      default = numberFlags.tagTtl.default;
       description = ''
         Seconds a resolved moving tag (`latest`, a branch) is reused before
         it is resolved again (`--tag-ttl`).
@@ -606,7 +600,7 @@ in
 
     watchInterval = mkOption {
       type = types.ints.unsigned;
-      default = serveDefaults.watchInterval;
+      default = numberFlags.watchInterval.default;
       description = ''
         Seconds between looks at the flake's revision (for
         {option}`prebuild` and moving tags); 0 looks only on
@@ -625,7 +619,7 @@ in
 
     maxConnections = mkOption {
       type = types.ints.positive;
-      default = serveDefaults.maxConnections;
+      default = numberFlags.maxConnections.default;
       description = ''
         The most open connections; past it an idle one is closed to make
         room, or the newcomer gets a 503 (`--max-connections`). Keep it
@@ -635,7 +629,7 @@ in
 
     maxConnectionsPerIp = mkOption {
       type = types.ints.positive;
-      default = serveDefaults.maxConnectionsPerIp;
+      default = numberFlags.maxConnectionsPerIp.default;
       description = ''
         The most open connections from one client address (an IPv6 /64);
         more get a 503 unless an idle one of theirs can be closed

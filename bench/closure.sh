@@ -14,6 +14,8 @@
 #   MODES="none gzip zstd" (the default) picks the comparisons.
 # Needs what scripts/install-deps.sh installs. Everything listens on 127.0.0.1.
 set -euo pipefail
+# A failed run inside $(...) must stop the benchmark, not leave a stale figure.
+shopt -s inherit_errexit
 SIZE=${1:-large}
 RUNS=${2:-3}
 LEVELS=("${@:3}")
@@ -58,11 +60,13 @@ ff_run() { # compression
   sync
   port=$(free_port)
   "$ff" serve --flake "$flake" --listen "127.0.0.1:$port" --no-tls --state-dir "$state" --compression "$1" \
-    --cache-size 100G --tag-ttl 0 >"$work/ff.log" 2>&1 &
+    --cache-size 100G --tag-ttl 0 --answer-within 0 >"$work/ff.log" 2>&1 &
   ff_pid=$!
   echo "$ff_pid" >"$work/server.pid"  # this runs in a subshell: cleanup finds it here
   wait_http "http://127.0.0.1:$port/v2/"
+  rm -f "$work/manifest.json"
   t0=$(now)
+  # --answer-within 0: the request waits for the whole generation, however long.
   curl -sf -H "$oci" -o "$work/manifest.json" "http://127.0.0.1:$port/v2/closure/manifests/latest"
   cold=$(since "$t0")
   cpu=$(cpu_seconds "$ff_pid")
@@ -101,11 +105,13 @@ declare -A ff_gen ff_busy ff_cpu ff_rss ff_size ref_time ref_cpu ref_rss ref_siz
 compare() { # label compression reference-function
   local gens=() busy=() cpus=() rsss=() sizes=() refs=() ref_cpus=() ref_rsss=() ref_sizes=() i
   for ((i = 1; i <= RUNS; i++)); do
-    read -r gen _ cpu rss size <<<"$(ff_run "$2")"
+    result=$(ff_run "$2")
+    read -r gen _ cpu rss size <<<"$result"
     gens+=("$gen"); cpus+=("$cpu"); busy+=("$(awk -v c="$cpu" -v g="$gen" 'BEGIN { print c / g }')")
     rsss+=("$rss"); sizes+=("$size")
     cp "$work/ff.log" "$work/ff-$1.log"
-    read -r t r c s <<<"$(ref_run "$work/ref.out" bash -c "$3")"
+    result=$(ref_run "$work/ref.out" bash -c "$3")
+    read -r t r c s <<<"$result"
     refs+=("$t"); ref_cpus+=("$c"); ref_rsss+=("$r"); ref_sizes+=("$s")
     say "  run $i: $1" "$(printf 'flakeforge %.2f s (%.1f CPU s), reference %.2f s (%.1f CPU s)' "$gen" "$cpu" "$t" "$c")"
   done
@@ -162,7 +168,8 @@ if ((${#LEVELS[@]})); then
   echo "| --compression | cold generation | CPU seconds | ratio |"
   echo "|---|---|---|---|"
   for level in "${LEVELS[@]}"; do
-    read -r gen _ cpu _ size <<<"$(ff_run "$level")"
+    result=$(ff_run "$level")
+    read -r gen _ cpu _ size <<<"$result"
     printf '| `%s` | %.2f s | %.1f | %.2f |\n' "$level" "$gen" "$cpu" \
       "$(awk -v b="$ff_bytes" -v s="$size" 'BEGIN { print b / s }')"
   done

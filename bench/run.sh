@@ -32,7 +32,7 @@ say "openssl dgst -sha256 (one core)" "$(mib_per_s "$bytes" "$openssl_time")"
 
 start_ff() { # state-dir port [more flags]
   "$ff" serve --flake "$flake" --listen "127.0.0.1:$2" --no-tls --state-dir "$1" --compression none \
-    --cache-size 100G "${@:3}" >>"$work/ff.log" 2>&1 &
+    --cache-size 100G --answer-within 0 "${@:3}" >>"$work/ff.log" 2>&1 &
   ff_pid=$!
   pids+=("$ff_pid")
   wait_http "http://127.0.0.1:$2/v2/"

@@ -65,7 +65,7 @@ impl<W: Write> BlockEncoder<W> {
             codec,
             pool,
             out,
-            filling: Vec::with_capacity(codec.block_size()),
+            filling: pool.buffer(codec.block_size()),
             pending: VecDeque::new(),
             max_pending: pool.threads() + 1,
             any: false,
@@ -96,9 +96,9 @@ impl<W: Write> BlockEncoder<W> {
                 if let Some(permit) = self.pool.try_reserve() {
                     let slot = Slot::new(Some(permit));
                     let job_slot = Arc::clone(&slot);
-                    let codec = self.codec;
+                    let (codec, pool) = (self.codec, self.pool);
                     self.pool.spawn(move || {
-                        let result = catch_unwind(AssertUnwindSafe(|| codec.compress(&block)))
+                        let result = catch_unwind(AssertUnwindSafe(|| compress(codec, pool, block)))
                             .unwrap_or_else(|_| Err(io::Error::other("compressing a block panicked")));
                         job_slot.set(result);
                     });
@@ -107,7 +107,7 @@ impl<W: Write> BlockEncoder<W> {
                 }
                 if self.pending.is_empty() {
                     let slot = Slot::new(None);
-                    slot.set(self.codec.compress(&block));
+                    slot.set(compress(self.codec, self.pool, block));
                     self.pending.push_back(slot);
                     return Ok(());
                 }
@@ -121,8 +121,14 @@ impl<W: Write> BlockEncoder<W> {
         while let Some(slot) = self.pending.front() {
             let Some(result) = slot.try_take() else { break };
             self.pending.pop_front();
-            self.out.write_all(&result?)?;
+            self.write_out(result?)?;
         }
+        Ok(())
+    }
+
+    fn write_out(&mut self, compressed: Vec<u8>) -> io::Result<()> {
+        self.out.write_all(&compressed)?;
+        self.pool.give_back(compressed);
         Ok(())
     }
 
@@ -137,8 +143,16 @@ impl<W: Write> BlockEncoder<W> {
                 break slot.wait();
             }
         };
-        self.out.write_all(&result?)
+        self.write_out(result?)
     }
+}
+
+/// `block` compressed into a buffer of the pool's; the block's own buffer goes back to it.
+fn compress(codec: BlockCodec, pool: &Pool, block: Vec<u8>) -> io::Result<Vec<u8>> {
+    let mut compressed = pool.buffer(0);
+    codec.compress(&block, &mut compressed)?;
+    pool.give_back(block);
+    Ok(compressed)
 }
 
 impl<W: Write> Write for BlockEncoder<W> {
@@ -147,7 +161,7 @@ impl<W: Write> Write for BlockEncoder<W> {
         let n = buf.len().min(size - self.filling.len());
         self.filling.extend_from_slice(&buf[..n]);
         if self.filling.len() == size {
-            let block = std::mem::replace(&mut self.filling, Vec::with_capacity(size));
+            let block = std::mem::replace(&mut self.filling, self.pool.buffer(size));
             self.hand_on(block)?;
         }
         Ok(n)

@@ -33,11 +33,13 @@ impl BlockCodec {
         }
     }
 
-    /// `block` compressed on its own. Each thread keeps one compressor per codec.
-    pub fn compress(self, block: &[u8]) -> io::Result<Vec<u8>> {
+    /// `block` compressed on its own, into `out` (emptied first). Each
+    /// thread keeps one compressor per codec.
+    pub fn compress(self, block: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        out.clear();
         match self {
-            BlockCodec::Gzip(level) => gzip_member(level, block),
-            BlockCodec::Zstd(level) => zstd_frame(level, block),
+            BlockCodec::Gzip(level) => gzip_member(level, block, out),
+            BlockCodec::Zstd(level) => zstd_frame(level, block, out),
         }
     }
 }
@@ -48,7 +50,7 @@ thread_local! {
 }
 
 /// A gzip member with mtime 0, no name and OS "unknown": the bytes depend on the input only.
-fn gzip_member(level: u8, block: &[u8]) -> io::Result<Vec<u8>> {
+fn gzip_member(level: u8, block: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     GZIP.with_borrow_mut(|cached| {
         if cached.as_ref().is_none_or(|(l, _)| *l != level) {
             let lvl = libdeflater::CompressionLvl::new(i32::from(level))
@@ -56,19 +58,20 @@ fn gzip_member(level: u8, block: &[u8]) -> io::Result<Vec<u8>> {
             *cached = Some((level, libdeflater::Compressor::new(lvl)));
         }
         let (_, compressor) = cached.as_mut().expect("just set");
-        let mut out = vec![0; compressor.gzip_compress_bound(block.len())];
-        let n = compressor.gzip_compress(block, &mut out).map_err(|e| io::Error::other(format!("gzip: {e:?}")))?;
+        out.resize(compressor.gzip_compress_bound(block.len()), 0);
+        let n = compressor.gzip_compress(block, out).map_err(|e| io::Error::other(format!("gzip: {e:?}")))?;
         out.truncate(n);
-        Ok(out)
+        Ok(())
     })
 }
 
 /// A zstd frame with its content size and no checksum (the blob's digest checks it).
-fn zstd_frame(level: u8, block: &[u8]) -> io::Result<Vec<u8>> {
+fn zstd_frame(level: u8, block: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     ZSTD.with_borrow_mut(|cached| {
         if cached.as_ref().is_none_or(|(l, _)| *l != level) {
             *cached = Some((level, zstd::bulk::Compressor::new(i32::from(level))?));
         }
-        cached.as_mut().expect("just set").1.compress(block)
+        out.reserve(zstd::zstd_safe::compress_bound(block.len()));
+        cached.as_mut().expect("just set").1.compress_to_buffer(block, out).map(drop)
     })
 }

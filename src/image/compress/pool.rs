@@ -7,6 +7,9 @@
 //! share of the budget from the moment it is queued until both its job has
 //! run and its generator has taken the result, so however many layers are
 //! generated at once, at most `budget` blocks (input and output) exist.
+//! Their buffers are used again while layers are being generated (fresh
+//! ones would be faulted in and zeroed by the kernel for every block) and
+//! freed when none is.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -28,6 +31,8 @@ struct State {
     jobs: VecDeque<Job>,
     /// Blocks holding a share of the budget.
     held: usize,
+    /// Buffers given back, for the next blocks: at most two per share.
+    spare: Vec<Vec<u8>>,
     closed: bool,
 }
 
@@ -37,8 +42,13 @@ pub struct Permit {
 }
 
 impl Drop for Permit {
+    /// The last share given back frees the spare buffers: no layer is being generated.
     fn drop(&mut self) {
-        self.shared.state.lock().unwrap().held -= 1;
+        let mut state = self.shared.state.lock().unwrap();
+        state.held -= 1;
+        if state.held == 0 {
+            state.spare = Vec::new();
+        }
     }
 }
 
@@ -49,7 +59,7 @@ impl Pool {
     pub fn new(threads: usize) -> Pool {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { jobs: VecDeque::new(), held: 0, closed: false }),
+            state: Mutex::new(State { jobs: VecDeque::new(), held: 0, spare: Vec::new(), closed: false }),
             job_queued: Condvar::new(),
             budget: 2 * threads + 2,
         });
@@ -86,6 +96,22 @@ impl Pool {
         }
         state.held += 1;
         Some(Permit { shared: Arc::clone(&self.shared) })
+    }
+
+    /// An empty buffer for at least `capacity` bytes: a spare one if there is one.
+    pub fn buffer(&self, capacity: usize) -> Vec<u8> {
+        let mut buffer = self.shared.state.lock().unwrap().spare.pop().unwrap_or_default();
+        buffer.clear();
+        buffer.reserve(capacity);
+        buffer
+    }
+
+    /// Keeps `buffer` for a later block while layers are being generated.
+    pub fn give_back(&self, buffer: Vec<u8>) {
+        let mut state = self.shared.state.lock().unwrap();
+        if state.held > 0 && state.spare.len() < 2 * self.shared.budget {
+            state.spare.push(buffer);
+        }
     }
 
     /// Queues `job` for the next free worker.

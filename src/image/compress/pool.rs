@@ -184,4 +184,23 @@ mod tests {
         got.sort();
         assert_eq!(got, (0..10).collect::<Vec<_>>());
     }
+
+    #[test]
+    fn buffers_are_used_again_while_blocks_are_in_flight_then_freed() {
+        let pool = Pool::new(1);
+        let spare = || pool.shared.state.lock().unwrap().spare.len();
+        let permit = pool.try_reserve().unwrap();
+        let buffer = pool.buffer(1000);
+        let address = buffer.as_ptr();
+        pool.give_back(buffer);
+        let again = pool.buffer(10);
+        assert_eq!(again.as_ptr(), address, "the buffer given back");
+        assert!(again.is_empty() && again.capacity() >= 1000);
+        pool.give_back(again);
+        assert_eq!(spare(), 1);
+        drop(permit);
+        assert_eq!(spare(), 0, "no block in flight: freed");
+        pool.give_back(vec![0; 10]);
+        assert_eq!(spare(), 0, "none kept between generations");
+    }
 }

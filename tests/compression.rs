@@ -54,7 +54,7 @@ fn multi_block_layers_pull_and_run_in_every_client() {
         assert_eq!(podman.run(&["run", "--rm", &image]).trim(), expected, "podman, {image}");
         let tagged = format!("{image}:latest");
         containerd.ctr(&["images", "pull", "--plain-http", &tagged]);
-        assert_eq!(containerd.ctr(&["run", "--rm", &tagged, "numbers-test"]).trim(), expected, "ctr, {image}");
+        assert_eq!(containerd.run(&tagged, "numbers-test").trim(), expected, "ctr, {image}");
         // skopeo decompresses every layer; the results are exactly the config's diff_ids.
         let out = TestDir::new();
         let dest = format!("dir:{}", out.path().display());

@@ -111,7 +111,7 @@ fn containerd_pulls_and_runs_hello_from_the_stand_in_registry() {
     let (_registry, image) = registry_with_hello();
     let containerd = Containerd::start();
     containerd.ctr(&["images", "pull", "--plain-http", &image]);
-    assert_eq!(containerd.ctr(&["run", "--rm", &image, "selfcheck-hello"]).trim(), HELLO);
+    assert_eq!(containerd.run(&image, "selfcheck-hello").trim(), HELLO);
 }
 
 #[test]

@@ -58,7 +58,7 @@ fn containerd_runs_every_kind() {
     for (i, name) in KINDS.iter().enumerate() {
         let image = format!("{}/{name}:latest", server.host());
         containerd.ctr(&["images", "pull", "--plain-http", &image]);
-        let output = containerd.ctr(&["run", "--rm", &image, &format!("image-kinds-{i}")]);
+        let output = containerd.run(&image, &format!("image-kinds-{i}"));
         assert_eq!(output.trim(), expected_output(name), "{name}");
     }
 }

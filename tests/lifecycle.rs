@@ -151,7 +151,7 @@ fn slow_build_with_a_short_deadline() {
             }
             assert!(Instant::now() < deadline, "ctr never pulled the image: {output}");
         }
-        assert_eq!(containerd.ctr(&["run", "--rm", &image, "slow-test"]).trim(), "slow and steady");
+        assert_eq!(containerd.run(&image, "slow-test").trim(), "slow and steady");
 
         let (ok, output) = podman.join().unwrap();
         assert!(ok, "podman did not pull the image once it was built: {output}");

@@ -76,7 +76,7 @@ fn containerd_pulls_and_runs() {
     let containerd = Containerd::start();
     let image = format!("{}/hello:latest", server.host());
     containerd.ctr(&["images", "pull", "--plain-http", &image]);
-    assert_eq!(containerd.ctr(&["run", "--rm", &image, "hello-test"]).trim(), HELLO);
+    assert_eq!(containerd.run(&image, "hello-test").trim(), HELLO);
 }
 
 #[test]

@@ -208,6 +208,24 @@ impl Containerd {
     pub fn try_ctr(&self, args: &[&str]) -> (bool, String) {
         run_capture(Command::new("ctr").arg("--address").arg(&self.socket).args(args), 300)
     }
+
+    /// `ctr run --rm IMAGE ID` (a pulled image), and what it printed. ctr
+    /// sometimes loses all the output of a container that exits at once
+    /// (containerd/containerd#770: it returns before its FIFO copy has read
+    /// anything; seen here twice under load), so an empty output is run
+    /// again, at most three times, as a new container; any other output,
+    /// right or wrong, is returned as it is.
+    pub fn run(&self, image: &str, id: &str) -> String {
+        let mut output = String::new();
+        for attempt in 1..=3 {
+            output = self.ctr(&["run", "--rm", image, &format!("{id}-{attempt}")]);
+            if !output.trim().is_empty() {
+                break;
+            }
+            eprintln!("ctr run {image}: no output (attempt {attempt}), run again");
+        }
+        output
+    }
 }
 
 /// Debian's docker-registry (CNCF distribution) on a free loopback port, with

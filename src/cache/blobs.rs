@@ -29,7 +29,7 @@ pub struct BlobStore {
     index: Mutex<Index>,
     /// Signalled when a blob's hashing ends.
     verified: Condvar,
-    /// Blobs the store was found to hold lately, for redirects without a HEAD each.
+    /// Blobs a remote store was found to hold lately, for redirects without a HEAD each.
     known: KnownBlobs,
 }
 
@@ -81,7 +81,8 @@ impl BlobStore {
         }
         // A bucket is shared: one replica's view of it is no ground to
         // delete what others use (see README, "Replicas sharing a bucket").
-        let max_bytes = if storage.is_remote() { u64::MAX } else { max_bytes };
+        let remote = storage.is_remote();
+        let max_bytes = if remote { u64::MAX } else { max_bytes };
         metrics::global().cache.limit_bytes.set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
         index.publish();
         let store = BlobStore {
@@ -89,7 +90,7 @@ impl BlobStore {
             max_bytes,
             index: Mutex::new(index),
             verified: Condvar::new(),
-            known: KnownBlobs::default(),
+            known: KnownBlobs::new(remote),
         };
         store.evict();
         Ok(store)

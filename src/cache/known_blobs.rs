@@ -24,21 +24,23 @@ pub const KNOWN_FOR: Duration = Duration::from_secs(60);
 const CAPACITY: usize = 4096;
 
 pub struct KnownBlobs {
-    /// Digest → (size, when the store was found to hold it).
-    entries: Mutex<LruCache<Digest, (u64, Instant)>>,
-}
-
-impl Default for KnownBlobs {
-    fn default() -> Self {
-        KnownBlobs { entries: Mutex::new(LruCache::new(CAPACITY.try_into().expect("not zero"))) }
-    }
+    /// Digest → (size, when the store was found to hold it); none kept for
+    /// a local store, which has no redirects to ask for them.
+    entries: Option<Mutex<LruCache<Digest, (u64, Instant)>>>,
 }
 
 impl KnownBlobs {
+    /// The record for a store that is `remote` (whose blobs may be
+    /// redirected to); for a local one it keeps and knows nothing.
+    pub fn new(remote: bool) -> Self {
+        let entries = remote.then(|| Mutex::new(LruCache::new(CAPACITY.try_into().expect("not zero"))));
+        KnownBlobs { entries }
+    }
+
     /// The size of `digest` if the store held it less than `max_age` ago
     /// (and [`KNOWN_FOR`]).
     pub fn size(&self, digest: &Digest, max_age: Duration) -> Option<u64> {
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = self.entries.as_ref()?.lock().unwrap();
         match entries.get(digest) {
             Some(&(size, found)) if found.elapsed() < max_age.min(KNOWN_FOR) => Some(size),
             Some(_) => {
@@ -51,12 +53,16 @@ impl KnownBlobs {
 
     /// Records that the store holds `digest` at `size` bytes now.
     pub fn found(&self, digest: &Digest, size: u64) {
-        self.entries.lock().unwrap().put(digest.clone(), (size, Instant::now()));
+        if let Some(entries) = &self.entries {
+            entries.lock().unwrap().put(digest.clone(), (size, Instant::now()));
+        }
     }
 
     /// Forgets `digest`: removed from the store, or found missing.
     pub fn forget(&self, digest: &Digest) {
-        self.entries.lock().unwrap().pop(digest);
+        if let Some(entries) = &self.entries {
+            entries.lock().unwrap().pop(digest);
+        }
     }
 }
 
@@ -66,7 +72,7 @@ mod tests {
 
     #[test]
     fn known_for_the_shorter_of_its_age_limits_and_forgotten_at_once() {
-        let known = KnownBlobs::default();
+        let known = KnownBlobs::new(true);
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         assert_eq!(known.size(&a, KNOWN_FOR), None);
         known.found(&a, 10);
@@ -82,12 +88,21 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let known = KnownBlobs::default();
+        let known = KnownBlobs::new(true);
         for i in 0..=CAPACITY {
             known.found(&Digest::of(&i.to_le_bytes()), i as u64);
         }
-        assert_eq!(known.entries.lock().unwrap().len(), CAPACITY);
+        assert_eq!(known.entries.as_ref().unwrap().lock().unwrap().len(), CAPACITY);
         assert_eq!(known.size(&Digest::of(&0usize.to_le_bytes()), KNOWN_FOR), None, "the oldest went first");
         assert_eq!(known.size(&Digest::of(&CAPACITY.to_le_bytes()), KNOWN_FOR), Some(CAPACITY as u64));
+    }
+
+    #[test]
+    fn a_local_store_keeps_nothing() {
+        let known = KnownBlobs::new(false);
+        let a = Digest::of(b"a");
+        known.found(&a, 10);
+        assert_eq!(known.size(&a, KNOWN_FOR), None);
+        assert!(known.entries.is_none());
     }
 }

@@ -20,12 +20,14 @@
 //! - [`reference`], [`media_type`], [`digest`]: the validated names, tags,
 //!   manifest forms and digests every layer above shares; [`metrics`]: the
 //!   Prometheus metrics every layer records into; [`flight`],
-//!   [`rate_limit`], [`reload`] (files read again when they change) and
-//!   [`signals`]: small tools of the layers above.
+//!   [`rate_limit`], [`reload`] (files read again when they change),
+//!   [`atomic_file`] (files replaced whole) and [`signals`]: small tools of
+//!   the layers above.
 //! - [`systemd_unit`]: the systemd unit for Debian-family hosts, from the
 //!   settings the NixOS module shares (`nixos/service.json`).
 
 pub mod app;
+pub mod atomic_file;
 pub mod auth;
 pub mod cache;
 pub mod cli;

@@ -5,7 +5,7 @@
 //! blob's version is its file's stamp (device, inode, size, times).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -71,7 +71,8 @@ impl Storage for FsStorage {
     }
 
     fn put(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
-        Ok(write_atomic(&self.tmp_dir, &self.path(kind, name), bytes)?)
+        // 0666 as `File::create` has it: the umask decides.
+        Ok(crate::atomic_file::replace(&self.tmp_dir.join(temp_name()), &self.path(kind, name), bytes, 0o666)?)
     }
 
     /// A complete temporary file, hard-linked into place: the link fails if the name is taken.
@@ -197,22 +198,6 @@ fn remove_if_version(path: &Path, version: &Version) -> Result<(), StorageError>
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(err.into()),
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in `tmp_dir` and a
-/// rename, so a reader never sees half a file.
-pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = tmp_dir.join(temp_name());
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_data()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Creates `dir` and its parents. On a read-only file system a missing

@@ -3,7 +3,7 @@
 //! that name the file but never print what is in it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -33,17 +33,9 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
 pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
     let file_name = path.file_name().map(|name| name.to_string_lossy()).unwrap_or_default();
     let temp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
+    // What a process of the same id left.
     let _ = fs::remove_file(&temp);
-    let write = || -> io::Result<()> {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp)?;
-        file.write_all(contents)?;
-        file.sync_all()
-    };
-    if let Err(err) = write() {
-        let _ = fs::remove_file(&temp);
-        return Err(TlsError::io("write", &temp)(err));
-    }
-    fs::rename(&temp, path).map_err(TlsError::io("rename a new file to", path))
+    crate::atomic_file::replace(&temp, path, contents, mode).map_err(TlsError::io("write", path))
 }
 
 /// The file's contents, or `None` when there is no such file.

@@ -29,8 +29,8 @@ mod tests {
 
     #[test]
     fn a_failed_replacement_leaves_the_old_file_and_no_temporary_one() {
-        let dir = std::env::temp_dir().join(format!("flakeforge-atomic-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = crate::test_dir::TestDir::new();
+        let dir = scratch.path().join("dir");
         fs::create_dir_all(&dir).unwrap();
         let (temp, path) = (dir.join("temp"), dir.join("file"));
         replace(&temp, &path, b"old", 0o600).unwrap();
@@ -39,6 +39,5 @@ mod tests {
         assert!(replace(&temp, &dir.join("missing/file"), b"new", 0o600).is_err());
         assert!(!temp.exists(), "the temporary file is removed");
         assert_eq!(fs::read(&path).unwrap(), b"old");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

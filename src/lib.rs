@@ -49,3 +49,9 @@ pub mod storage;
 pub mod systemd_unit;
 pub mod tls;
 pub mod web;
+
+/// Scratch directories for unit tests, shared with the integration tests
+/// (which cannot see `cfg(test)` items).
+#[cfg(test)]
+#[path = "../tests/common/test_dir.rs"]
+pub(crate) mod test_dir;

@@ -147,7 +147,7 @@ pub fn file_stamp(path: &Path) -> [i64; 5] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::test_dir::TestDir;
+    use crate::test_dir::TestDir;
 
     fn number_file(path: PathBuf) -> FileSource<u32> {
         let read = |path: &Path| {

@@ -28,18 +28,24 @@ use flakeforge::image::nix2container::recipe;
 use flakeforge::image::tar::TarWriter;
 use flakeforge::image::Ownership;
 
+#[path = "common/test_dir.rs"]
+mod test_dir;
+use test_dir::TestDir;
+
 const TREE: &str = "/nix/store/00000000000000000000000000000000-golden-tree";
 const SINGLE: &str = "/nix/store/11111111111111111111111111111111-golden-single";
 
 struct Fixture {
+    /// Inside `scratch`, removed with it.
     dir: PathBuf,
+    _scratch: TestDir,
 }
 
 impl Fixture {
     /// The fixture copied, with modes normalised, an empty directory and a hardlink added.
     fn new(name: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("flakeforge-golden-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = TestDir::new();
+        let dir = scratch.path().join(name);
         fs::create_dir_all(&dir).unwrap();
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
         copy_tree(&source.join("tree"), &dir.join("tree"));
@@ -48,7 +54,7 @@ impl Fixture {
         fs::create_dir(dir.join("tree/empty")).unwrap();
         fs::set_permissions(dir.join("tree/empty"), fs::Permissions::from_mode(0o755)).unwrap();
         fs::hard_link(dir.join("tree/a/b"), dir.join("tree/a/hardlink")).unwrap();
-        Fixture { dir }
+        Fixture { dir, _scratch: scratch }
     }
 
     fn layer(&self, paths: &[(&str, &str)], owner: &Ownership) -> (String, u64) {
@@ -80,12 +86,6 @@ impl Fixture {
         let paths: Vec<LayerPath> = serde_json::from_str(&paths.replace("@DIR@", self.dir.to_str().unwrap())).unwrap();
         let (digest, size, _) = write_layer(HashingWriter::new(std::io::sink()), &paths).unwrap().finish();
         (digest.hex().to_string(), size)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 

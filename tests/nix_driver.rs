@@ -15,6 +15,10 @@ use flakeforge::nix::log::{Event, Progress};
 use flakeforge::nix::scheduler::{Lane, Observer, SchedulerOptions, Work};
 use flakeforge::nix::{flakeref, json, Nix, NixError};
 
+#[path = "common/test_dir.rs"]
+mod test_dir;
+use test_dir::TestDir;
+
 const NIX_CONFIG: &str = "experimental-features = nix-command flakes
 sandbox = false
 build-users-group =
@@ -39,16 +43,18 @@ fn nix() -> Nix {
 /// flake's outputs, with `mk name script` (a derivation whose builder runs
 /// `script` in busybox sh) and `system` in scope.
 struct TestFlake {
+    /// Inside `scratch`, removed with it.
     dir: PathBuf,
+    _scratch: TestDir,
 }
 
 impl TestFlake {
     fn new(test: &str, outputs: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("flakeforge-nix-{}-{test}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = TestDir::new();
+        let dir = scratch.path().join(test);
         fs::create_dir_all(dir.join("tools")).unwrap();
         fs::copy("/bin/busybox", dir.join("tools/busybox")).expect("busybox-static is installed");
-        let flake = TestFlake { dir };
+        let flake = TestFlake { dir, _scratch: scratch };
         flake.write_outputs(outputs);
         flake
     }
@@ -94,12 +100,6 @@ impl TestFlake {
             .unwrap();
         assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    }
-}
-
-impl Drop for TestFlake {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -355,12 +355,6 @@ impl Drop for CacheWriter {
 mod tests {
     use super::*;
 
-    fn temp_state(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("flakeforge-blobs-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
     fn open(state: &Path, max_bytes: u64) -> BlobStore {
         BlobStore::open(Arc::new(crate::storage::FsStorage::open(state).unwrap()), max_bytes).unwrap()
     }
@@ -375,7 +369,8 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used() {
-        let state = temp_state("lru");
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let store = open(&state, 250);
         let (a, _) = put(&store, &[1; 100]);
         let (b, _) = put(&store, &[2; 100]);
@@ -396,7 +391,8 @@ mod tests {
 
     #[test]
     fn a_damaged_blob_is_never_handed_out() {
-        let state = temp_state("damaged");
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let store = open(&state, 1 << 20);
         let (digest, _) = put(&store, &[7; 1000]);
         let file = state.join("blobs/sha256").join(digest.hex());
@@ -429,7 +425,8 @@ mod tests {
 
     #[test]
     fn abandoned_writer_leaves_nothing() {
-        let state = temp_state("abandon");
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let store = open(&state, 1000);
         let mut w = store.writer();
         w.write_all(b"partial").unwrap();

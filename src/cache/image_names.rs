@@ -77,8 +77,8 @@ mod tests {
 
     #[test]
     fn names_are_added_once_and_survive_reopen() {
-        let state = std::env::temp_dir().join(format!("flakeforge-names-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state);
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let index = open(&state);
         let (shared, own) = (Digest::of(b"busybox layer"), Digest::of(b"hello layer"));
         assert!(index.names(&shared).is_empty());
@@ -96,19 +96,17 @@ mod tests {
         fs::write(&path, bytes).unwrap();
         assert!(index.names(&own).is_empty());
         assert!(!path.exists());
-        fs::remove_dir_all(&state).unwrap();
     }
 
     #[test]
     fn names_that_cannot_be_written_are_kept_in_memory() {
-        let state = std::env::temp_dir().join(format!("flakeforge-names-ro-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state);
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let index = open(&state);
         // Writes fail: the directory for temporary files is gone.
         fs::remove_dir_all(state.join("tmp")).unwrap();
         let layer = Digest::of(b"layer");
         index.add("hello", std::slice::from_ref(&layer));
         assert_eq!(index.names(&layer), ["hello"]);
-        fs::remove_dir_all(&state).unwrap();
     }
 }

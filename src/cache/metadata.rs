@@ -246,8 +246,8 @@ mod tests {
 
     #[test]
     fn survives_reopen() {
-        let state = std::env::temp_dir().join(format!("flakeforge-meta-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state);
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let store = open(&state);
         let digest = store.put_manifest(b"{\"schemaVersion\":2}");
         assert_eq!(digest, Digest::of(b"{\"schemaVersion\":2}"));
@@ -275,13 +275,12 @@ mod tests {
         drop(store);
         let store = open(&state);
         assert_eq!(store.referrers(&digest), Some(vec![referrer]));
-        fs::remove_dir_all(&state).unwrap();
     }
 
     #[test]
     fn what_does_not_match_is_removed_never_handed_out() {
-        let state = std::env::temp_dir().join(format!("flakeforge-meta-damaged-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state);
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let store = open(&state);
         let manifest = store.put_manifest(b"{\"schemaVersion\":2}");
         let config = store.put_config(b"{\"architecture\":\"amd64\"}");
@@ -306,6 +305,5 @@ mod tests {
         store.put_image(&key, &record);
         flip(state.join("images").join(key.hex()), 10);
         assert_eq!(store.image(&key), None);
-        fs::remove_dir_all(&state).unwrap();
     }
 }

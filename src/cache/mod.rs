@@ -87,12 +87,11 @@ pub fn parse<T: serde::de::DeserializeOwned>(json: &[u8], kind: Kind, name: &str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
 
     #[test]
     fn a_record_is_parsed_only_from_what_passed_its_seal() {
-        let state = std::env::temp_dir().join(format!("flakeforge-sealed-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state);
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let storage = crate::storage::FsStorage::open(&state).unwrap();
         let name = Digest::of(b"key");
         let read = |storage: &dyn Storage| read_sealed::<serde_json::Value>(storage, Kind::Resolutions, name.hex());
@@ -116,6 +115,5 @@ mod tests {
             unseal(bytes).map(<[u8]>::to_vec)
         });
         assert_eq!((verified.as_deref(), calls.get()), (Some(&b"not json"[..]), 1));
-        fs::remove_dir_all(&state).unwrap();
     }
 }

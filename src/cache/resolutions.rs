@@ -57,21 +57,21 @@ mod tests {
         ResolutionStore::open(Arc::new(crate::storage::FsStorage::open(state).unwrap()))
     }
 
-    /// A fresh store in a directory named after `test`, and a resolution to keep.
-    fn fresh_store(test: &str) -> (std::path::PathBuf, ResolutionStore, Digest, Resolution) {
-        let state = std::env::temp_dir().join(format!("flakeforge-resolutions-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state);
+    /// A fresh store in a scratch directory (removed when dropped), its state directory and a resolution to keep.
+    fn fresh_store() -> (crate::test_dir::TestDir, std::path::PathBuf, ResolutionStore, Digest, Resolution) {
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let store = open(&state);
         let resolution = Resolution {
             revision: "0123456789abcdef0123456789abcdef01234567".into(),
             manifests: BTreeMap::from([(ManifestFormat::Oci, Digest::of(b"m"))]),
         };
-        (state, store, Digest::of(b"key"), resolution)
+        (scratch, state, store, Digest::of(b"key"), resolution)
     }
 
     #[test]
     fn a_damaged_resolution_is_removed_not_used() {
-        let (state, store, key, resolution) = fresh_store("damaged");
+        let (_scratch, state, store, key, resolution) = fresh_store();
         store.put(&key, &resolution);
         let path = state.join("resolutions").join(key.hex());
         let mut bytes = fs::read(&path).unwrap();
@@ -81,12 +81,11 @@ mod tests {
         fs::write(&path, bytes).unwrap();
         assert_eq!(store.get(&key), None);
         assert!(!path.exists());
-        fs::remove_dir_all(&state).unwrap();
     }
 
     #[test]
     fn survives_reopen() {
-        let (state, store, key, resolution) = fresh_store("reopen");
+        let (_scratch, state, store, key, resolution) = fresh_store();
         assert!(store.get(&key).is_none());
         store.put(&key, &resolution);
         drop(store);
@@ -94,6 +93,5 @@ mod tests {
         assert_eq!(store.get(&key), Some(resolution));
         fs::write(state.join("resolutions").join(key.hex()), b"{").unwrap();
         assert!(store.get(&key).is_none());
-        fs::remove_dir_all(&state).unwrap();
     }
 }

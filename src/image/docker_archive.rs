@@ -213,13 +213,14 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    fn write(name: &str, members: &[(&str, &[u8])], compression: Compression) -> std::path::PathBuf {
+    /// The archive as `dir/name`.
+    fn write(dir: &Path, name: &str, members: &[(&str, &[u8])], compression: Compression) -> std::path::PathBuf {
         let mut builder = tar::Builder::new(Vec::new());
         for (member, bytes) in members {
             add(&mut builder, member, bytes);
         }
         let bytes = compressed(compression, &builder.into_inner().unwrap());
-        let path = std::env::temp_dir().join(format!("flakeforge-archive-{name}-{}", std::process::id()));
+        let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
         path
     }
@@ -231,6 +232,7 @@ mod tests {
 
     #[test]
     fn manifest_layout_plain_gzip_and_zstd() {
+        let scratch = crate::test_dir::TestDir::new();
         let layer = b"pretend this is a layer tarball".to_vec();
         let diff_id = Digest::of(&layer);
         let config = serde_json::json!({"architecture": "arm64", "config": {"Env": ["A=1"]}, "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}}).to_string();
@@ -238,7 +240,7 @@ mod tests {
         let members: [(&str, &[u8]); 3] =
             [("abc/layer.tar", &layer), ("cfg.json", config.as_bytes()), ("manifest.json", manifest.as_bytes())];
         for compression in [Compression::None, Compression::default(), Compression::Zstd { level: 3 }] {
-            let path = write(&format!("manifest-{compression}"), &members, compression);
+            let path = write(scratch.path(), &format!("manifest-{compression}"), &members, compression);
             let image = DockerArchive::open(&path).unwrap().unwrap();
             assert_eq!(image.layers[0].diff_id, Some(diff_id.clone()));
             assert_eq!(image.container_config().unwrap()["Env"][0], "A=1");
@@ -247,12 +249,12 @@ mod tests {
             assert_eq!(recipe.config.platform.variant.as_deref(), Some("v8"));
             assert_eq!(copied(&path, "./abc/layer.tar").unwrap(), layer);
             assert!(InvalidImage::from_io(&copied(&path, "missing").unwrap_err()).is_some());
-            std::fs::remove_file(&path).unwrap();
         }
     }
 
     #[test]
     fn compressed_layer_members_are_served_decompressed() {
+        let scratch = crate::test_dir::TestDir::new();
         // As `docker save` with containerd's image store writes layers: the registry's gzip blobs.
         let layer = b"an uncompressed layer".to_vec();
         let blob = compressed(Compression::default(), &layer);
@@ -260,15 +262,15 @@ mod tests {
         let manifest = r#"[{"Config":"blobs/sha256/c","Layers":["blobs/sha256/l"]}]"#;
         let members: [(&str, &[u8]); 3] =
             [("blobs/sha256/l", &blob), ("blobs/sha256/c", config.as_bytes()), ("manifest.json", manifest.as_bytes())];
-        let path = write("compressed-member", &members, Compression::None);
+        let path = write(scratch.path(), "compressed-member", &members, Compression::None);
         let image = DockerArchive::open(&path).unwrap().unwrap();
         assert_eq!(image.layers[0].diff_id, Some(Digest::of(&layer)));
         assert_eq!(copied(&path, "blobs/sha256/l").unwrap(), layer);
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
     fn legacy_layout_follows_parents() {
+        let scratch = crate::test_dir::TestDir::new();
         let (a, b) = ("a".repeat(64), "b".repeat(64));
         let json_a = format!(r#"{{"id":"{a}"}}"#);
         let json_b = format!(r#"{{"id":"{b}","parent":"{a}","config":{{"Cmd":["x"]}},"architecture":"amd64"}}"#);
@@ -276,6 +278,7 @@ mod tests {
         let (layer_a, layer_b) = (format!("{a}/layer.tar"), format!("{b}/layer.tar"));
         let (json_a_name, json_b_name) = (format!("{a}/json"), format!("{b}/json"));
         let path = write(
+            scratch.path(),
             "legacy",
             &[
                 (&layer_a, b"A"),
@@ -292,11 +295,11 @@ mod tests {
         let recipe = image.recipe(&path, "x86_64-linux").unwrap();
         assert!(recipe.config.blob.is_none());
         assert_eq!(recipe.config.config["Cmd"][0], "x");
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
     fn malformed_archives_are_errors_or_no_archive_never_panics() {
+        let scratch = crate::test_dir::TestDir::new();
         let layer_id = Digest::of(b"layer").to_string();
         let config = format!(r#"{{"rootfs": {{"diff_ids": ["{layer_id}"]}}}}"#);
         let good_manifest = br#"[{"Config": "c.json", "Layers": ["l.tar"]}]"#;
@@ -320,34 +323,32 @@ mod tests {
             ),
         ];
         for (name, members) in cases {
-            let path = write(name, &members, Compression::None);
+            let path = write(scratch.path(), name, &members, Compression::None);
             assert!(!matches!(DockerArchive::open(&path), Ok(Some(_))), "{name} was read as an image");
-            std::fs::remove_file(&path).unwrap();
         }
-        let garbage = std::env::temp_dir().join(format!("flakeforge-archive-garbage-{}", std::process::id()));
+        let garbage = scratch.path().join("garbage");
         for bytes in [&b""[..], b"not a tarball at all", &[0xff; 1024], &[0x1f, 0x8b, 0, 0]] {
             std::fs::write(&garbage, bytes).unwrap();
             assert!(!matches!(DockerArchive::open(&garbage), Ok(Some(_))), "{bytes:?}");
         }
-        std::fs::remove_file(&garbage).unwrap();
     }
 
     #[test]
     fn truncated_archives_and_plain_tarballs() {
+        let scratch = crate::test_dir::TestDir::new();
         let manifest = br#"[{"Config":"c.json","Layers":[]}]"#;
-        let whole = write("whole", &[("c.json", b"{}"), ("manifest.json", manifest)], Compression::None);
+        let whole =
+            write(scratch.path(), "whole", &[("c.json", b"{}"), ("manifest.json", manifest)], Compression::None);
         let bytes = std::fs::read(&whole).unwrap();
         for cut in [bytes.len() - 1024, 600] {
             std::fs::write(&whole, &bytes[..cut]).unwrap();
             let err = DockerArchive::open(&whole).unwrap_err();
             assert!(err.0.contains("truncated"), "{cut}: {err}");
         }
-        let other = write("other", &[("README", b"not an image")], Compression::default());
+        let other = write(scratch.path(), "other", &[("README", b"not an image")], Compression::default());
         assert!(DockerArchive::open(&other).unwrap().is_none());
         let gz = std::fs::read(&other).unwrap();
         std::fs::write(&other, &gz[..gz.len() - 4]).unwrap();
         assert!(DockerArchive::open(&other).is_err());
-        std::fs::remove_file(&whole).unwrap();
-        std::fs::remove_file(&other).unwrap();
     }
 }

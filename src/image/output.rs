@@ -95,8 +95,8 @@ mod tests {
 
     #[test]
     fn image_directories_name_archives_by_file_name() {
-        let dir = std::env::temp_dir().join(format!("flakeforge-imagedir-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = crate::test_dir::TestDir::new();
+        let dir = scratch.path().join("dir");
         fs::create_dir_all(dir.join("sub.tar")).unwrap();
         for file in ["Web.tar.gz", "web.tar", "worker.tar.zst", "compose.yaml", "bad_-name.tar", "api.tgz"] {
             fs::write(dir.join(file), "x").unwrap();
@@ -106,12 +106,12 @@ mod tests {
         assert_eq!(names, ["api", "web", "worker"]);
         assert_eq!(images["web"], dir.join("Web.tar.gz"));
         assert!(directory_images(&dir.join("compose.yaml")).is_empty());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn json_files_by_their_keys() {
-        let dir = std::env::temp_dir().join(format!("flakeforge-classify-{}", std::process::id()));
+        let scratch = crate::test_dir::TestDir::new();
+        let dir = scratch.path().join("dir");
         fs::create_dir_all(&dir).unwrap();
         let file = |name: &str, text: &str| {
             fs::write(dir.join(name), text).unwrap();
@@ -125,6 +125,5 @@ mod tests {
         assert!(matches!(file("other", r#"{"a": 1}"#), OutputKind::Package));
         assert!(matches!(file("text", "hello"), OutputKind::Package));
         assert!(matches!(classify(&dir).unwrap(), OutputKind::Package));
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -108,8 +108,8 @@ mod tests {
 
     #[test]
     fn merges_packages_like_symlink_join() {
-        let root = std::env::temp_dir().join(format!("flakeforge-rootfs-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let scratch = crate::test_dir::TestDir::new();
+        let root = scratch.path().join("root");
         let a = package(&root, "a", &["bin/a", "share/man/a.1", "bin/both"]);
         let b = package(&root, "b", &["bin/b", "bin/both", "etc/passwd", "share/doc/b"]);
         fs::write(root.join("single-file"), "x").unwrap();
@@ -137,6 +137,5 @@ mod tests {
         assert_eq!(entries["etc/group"].2.as_bytes(), GROUP);
         assert_eq!(entries["tmp/"].1, 0o1777);
         assert_eq!(entries["bin/"].1, 0o755);
-        fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -133,7 +133,8 @@ mod tests {
 
     #[test]
     fn local_paths_in_git_become_git_file_urls() {
-        let root = std::env::temp_dir().join(format!("flakeforge-flakeref-{}", std::process::id()));
+        let scratch = crate::test_dir::TestDir::new();
+        let root = scratch.path().join("root");
         std::fs::create_dir_all(root.join("repo/.git")).unwrap();
         std::fs::create_dir_all(root.join("repo/sub")).unwrap();
         std::fs::create_dir_all(root.join("plain")).unwrap();
@@ -146,6 +147,5 @@ mod tests {
         let with_dir = format!("path:{repo_s}?dir=sub&narHash=sha256-x");
         assert_eq!(tagged(&with_dir, "v1"), format!("git+file://{repo_s}?dir=sub&ref=v1"));
         assert!(matches!(for_tag(&format!("{root_s}/plain"), "v1"), Err(NixError::NoRefs { .. })));
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -240,8 +240,8 @@ mod tests {
 
     #[test]
     fn create_stores_only_what_is_absent() {
-        let state = std::env::temp_dir().join(format!("flakeforge-fs-create-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state);
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let storage = FsStorage::open(&state).unwrap();
         let first = storage.create(Kind::Leases, "key", b"one").unwrap().expect("created");
         assert!(storage.create(Kind::Leases, "key", b"two").unwrap().is_none());
@@ -252,6 +252,5 @@ mod tests {
         assert!(storage.get(Kind::Leases, "key").unwrap().is_none());
         assert!(storage.create(Kind::Leases, "key", b"three").unwrap().is_some());
         assert_eq!(fs::read_dir(state.join("tmp/metadata")).unwrap().count(), 0, "a temporary file was left");
-        fs::remove_dir_all(&state).unwrap();
     }
 }

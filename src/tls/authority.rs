@@ -221,7 +221,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::tls::test_dir::TestDir;
+    use crate::test_dir::TestDir;
 
     fn names(extra: &[&str]) -> Vec<String> {
         let mut names: Vec<String> = ["127.0.0.1", "localhost"].iter().chain(extra).map(|s| s.to_string()).collect();

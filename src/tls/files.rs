@@ -149,7 +149,7 @@ impl DirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::test_dir::TestDir;
+    use crate::test_dir::TestDir;
 
     #[test]
     fn atomic_writes_set_the_mode_and_leave_no_temp_file() {

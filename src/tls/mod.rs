@@ -144,8 +144,3 @@ fn fingerprint(der: &[u8]) -> String {
     let hash = sha2::Sha256::digest(der);
     hash.iter().map(|byte| format!("{byte:02X}")).collect::<Vec<_>>().join(":")
 }
-
-/// Shared with the integration tests, which cannot see `cfg(test)` items.
-#[cfg(test)]
-#[path = "../../tests/common/test_dir.rs"]
-pub(crate) mod test_dir;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Nix's `actBuilds`: the activity whose progress counts derivations.
@@ -26,7 +26,7 @@ const MAX_SHOWN_LEVEL: u64 = 3;
 const MAX_REASON_CHARS: usize = 300;
 
 /// Derivations built of those a `nix build` has to build.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub built: u64,
     pub total: u64,

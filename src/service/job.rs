@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::history::{BuildRecord, Ended, FORMAT};
 use super::{ResolvedTag, ServiceError};
 use crate::digest::Digest;
 use crate::media_type::ManifestFormat;
@@ -40,7 +41,7 @@ pub enum JobState {
 }
 
 /// Why the job runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// A client asked for the image.
@@ -70,6 +71,7 @@ pub struct Job {
     pub systems: Vec<String>,
     pub trigger: Trigger,
     pub work: Arc<Work>,
+    /// When this process made the job (for a build read back from the history: when it was read).
     created: Instant,
     created_at: SystemTime,
     inner: Mutex<Inner>,
@@ -79,8 +81,11 @@ pub struct Job {
 struct Inner {
     state: JobState,
     revision: Option<String>,
-    started: Option<(Instant, SystemTime)>,
-    finished: Option<(Instant, SystemTime)>,
+    started: Option<Instant>,
+    started_at: Option<SystemTime>,
+    finished_at: Option<SystemTime>,
+    /// From the start (or from queueing if it never started) to the end.
+    took: Option<Duration>,
     /// The latest report of each `nix build` of the job.
     progress: HashMap<u64, Progress>,
     log: LogBuffer,
@@ -169,27 +174,96 @@ pub struct BuildStatus {
 
 impl Job {
     pub(super) fn new(key: JobKey, systems: Vec<String>, trigger: Trigger, client: Option<IpAddr>) -> Arc<Job> {
+        let inner = Inner {
+            state: JobState::Resolving,
+            revision: None,
+            started: None,
+            started_at: None,
+            finished_at: None,
+            took: None,
+            progress: HashMap::new(),
+            log: LogBuffer::default(),
+            outcome: None,
+        };
+        Self::make(new_id(), key, systems, trigger, client, SystemTime::now(), inner)
+    }
+
+    /// A build that finished before this process started, as the history kept it.
+    pub(super) fn from_record(record: BuildRecord) -> Arc<Job> {
+        let (state, outcome) = match record.ended {
+            Ended::Succeeded { digest } => {
+                let manifests = digest.into_iter().map(|digest| (ManifestFormat::Oci, digest)).collect();
+                (JobState::Succeeded, Ok(ResolvedTag { manifests }))
+            }
+            Ended::Failed { error } => {
+                (JobState::Failed, Err(ServiceError::Build { message: error, build: Some(record.id.clone()) }))
+            }
+        };
+        let inner = Inner {
+            state,
+            revision: record.revision,
+            started: None,
+            started_at: record.started_ms.map(from_millis),
+            finished_at: Some(from_millis(record.finished_ms)),
+            took: Some(Duration::from_millis(record.took_ms)),
+            progress: HashMap::from([(0, record.progress)]),
+            log: LogBuffer { text: record.log, dropped: record.log_dropped },
+            outcome: Some(outcome),
+        };
+        let key = (record.image, record.tag);
+        Self::make(record.id, key, record.systems, record.trigger, None, from_millis(record.queued_ms), inner)
+    }
+
+    fn make(
+        id: String,
+        key: JobKey,
+        systems: Vec<String>,
+        trigger: Trigger,
+        client: Option<IpAddr>,
+        created_at: SystemTime,
+        inner: Inner,
+    ) -> Arc<Job> {
         Arc::new_cyclic(|me: &Weak<Job>| {
             let observer: Arc<dyn Observer> = Arc::new(JobObserver(me.clone()));
             Job {
-                id: new_id(),
+                id,
                 key,
                 systems,
                 trigger,
                 work: Arc::new(Work::job(client, observer)),
                 created: Instant::now(),
-                created_at: SystemTime::now(),
-                inner: Mutex::new(Inner {
-                    state: JobState::Resolving,
-                    revision: None,
-                    started: None,
-                    finished: None,
-                    progress: HashMap::new(),
-                    log: LogBuffer::default(),
-                    outcome: None,
-                }),
+                created_at,
+                inner: Mutex::new(inner),
                 changed: Condvar::new(),
             }
+        })
+    }
+
+    /// The finished build as the history keeps it (`None` while it runs, or if it never came to build).
+    fn record(&self, inner: &Inner) -> Option<BuildRecord> {
+        if inner.state == JobState::Resolving {
+            return None;
+        }
+        let ended = match inner.outcome.as_ref()? {
+            Ok(resolved) => Ended::Succeeded { digest: resolved.manifests.get(&ManifestFormat::Oci).cloned() },
+            Err(error) => Ended::Failed { error: error.to_string() },
+        };
+        Some(BuildRecord {
+            format: FORMAT,
+            id: self.id.clone(),
+            image: self.key.0.clone(),
+            tag: self.key.1.clone(),
+            systems: self.systems.clone(),
+            revision: inner.revision.clone(),
+            trigger: self.trigger,
+            queued_ms: millis(self.created_at),
+            started_ms: inner.started_at.map(millis),
+            finished_ms: millis(inner.finished_at?),
+            took_ms: inner.took?.as_millis() as u64,
+            progress: total_progress(inner),
+            ended,
+            log: inner.log.text.clone(),
+            log_dropped: inner.log.dropped,
         })
     }
 
@@ -247,9 +321,7 @@ impl Job {
 
     pub fn status(&self) -> BuildStatus {
         let inner = self.inner.lock().unwrap();
-        let now = Instant::now();
-        let since = inner.started.map_or(self.created, |(at, _)| at);
-        let until = inner.finished.map_or(now, |(at, _)| at);
+        let took = inner.took.unwrap_or_else(|| inner.started.unwrap_or(self.created).elapsed());
         let lines: Vec<&str> = inner.log.text.lines().collect();
         let (error, digest) = match &inner.outcome {
             Some(Err(error)) => (Some(error.to_string()), None),
@@ -265,29 +337,32 @@ impl Job {
             state: inner.state,
             trigger: self.trigger,
             queued_at: rfc3339(self.created_at),
-            started_at: inner.started.map(|(_, at)| rfc3339(at)),
-            finished_at: inner.finished.map(|(_, at)| rfc3339(at)),
-            duration_secs: (until.saturating_duration_since(since).as_secs_f64() * 10.0).round() / 10.0,
-            progress: inner.progress.values().fold(Progress::default(), |sum, p| sum + *p),
+            started_at: inner.started_at.map(rfc3339),
+            finished_at: inner.finished_at.map(rfc3339),
+            duration_secs: (took.as_secs_f64() * 10.0).round() / 10.0,
+            progress: total_progress(&inner),
             log_tail: lines[lines.len().saturating_sub(LAST_LINES)..].iter().map(|l| l.to_string()).collect(),
             error,
             digest,
         }
     }
 
-    pub(super) fn finish(&self, outcome: Result<ResolvedTag, ServiceError>) {
+    /// Ends the job with `outcome`; a build is handed to `keep` as the
+    /// history records it before anyone waiting hears of the end (so that
+    /// a client that got its answer finds the build after a crash too).
+    pub(super) fn finish(&self, outcome: Result<ResolvedTag, ServiceError>, keep: impl FnOnce(&BuildRecord)) {
         let mut inner = self.inner.lock().unwrap();
-        let finished = (Instant::now(), SystemTime::now());
+        let took = inner.started.unwrap_or(self.created).elapsed();
         if inner.state != JobState::Resolving {
             let state = if outcome.is_ok() { JobState::Succeeded } else { JobState::Failed };
             inner.enter(state);
-            let since = inner.started.map_or(self.created, |(at, _)| at);
             let label = OutcomeLabel { outcome: if outcome.is_ok() { "succeeded" } else { "failed" } };
             let builds = &metrics::global().builds;
             builds.finished.get_or_create(&label).inc();
-            builds.durations.get_or_create(&label).observe(finished.0.duration_since(since).as_secs_f64());
+            builds.durations.get_or_create(&label).observe(took.as_secs_f64());
         }
-        inner.finished = Some(finished);
+        inner.finished_at = Some(SystemTime::now());
+        inner.took = Some(took);
         match &outcome {
             Ok(resolved) => {
                 let digest = resolved.manifests.get(&ManifestFormat::Oci).map(ToString::to_string).unwrap_or_default();
@@ -296,8 +371,16 @@ impl Job {
             Err(error) => inner.log.push(&format!("failed: {error}")),
         }
         inner.outcome = Some(outcome);
+        if let Some(record) = self.record(&inner) {
+            keep(&record);
+        }
         self.changed.notify_all();
     }
+}
+
+/// The derivations built of those to build, over all `nix build`s of the job.
+fn total_progress(inner: &Inner) -> Progress {
+    inner.progress.values().fold(Progress::default(), |sum, p| sum + *p)
 }
 
 /// How a job hears of its Nix invocations.
@@ -317,7 +400,10 @@ impl Observer for JobObserver {
         let mut inner = job.inner.lock().unwrap();
         if lane == Lane::Build && matches!(inner.state, JobState::Resolving | JobState::Queued) {
             inner.enter(JobState::Running);
-            inner.started.get_or_insert((Instant::now(), SystemTime::now()));
+            if inner.started.is_none() {
+                inner.started = Some(Instant::now());
+                inner.started_at = Some(SystemTime::now());
+            }
         }
         inner.log.push(&format!("$ {command}"));
         job.changed.notify_all();
@@ -340,6 +426,15 @@ fn new_id() -> String {
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let seed = format!("{:?}-{}-{}", SystemTime::now(), std::process::id(), COUNT.fetch_add(1, Ordering::Relaxed));
     Digest::of(seed.as_bytes()).hex()[..10].to_owned()
+}
+
+/// Milliseconds since the Unix epoch, as the history stores times.
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn from_millis(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
 }
 
 /// `2024-05-01T12:00:00Z`.

@@ -4,6 +4,9 @@
 //! failures are remembered for `--negative-ttl`, so that retries and floods
 //! of a bad request run no Nix.
 //!
+//! Finished builds are kept in the [`History`] too, and those it held are
+//! listed again after a restart.
+//!
 //! A job that turns out to need no `nix build` (the tag still stands for
 //! the image built before, or the name does not exist) is never listed:
 //! only builds are.
@@ -11,15 +14,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
+use super::history::History;
 use super::job::{BuildStatus, Job, JobKey, Trigger};
 use super::{ResolvedTag, ServiceError};
 
-/// Finished builds listed.
+/// Finished builds listed (and kept in the history).
 const RECENT_BUILDS: usize = 100;
 /// Names and tags whose failure is remembered.
 const REMEMBERED_FAILURES: usize = 4096;
@@ -30,6 +35,7 @@ pub struct Jobs {
     recent: Mutex<VecDeque<Arc<Job>>>,
     failures: Mutex<LruCache<JobKey, (ServiceError, Instant)>>,
     negative_ttl: Duration,
+    history: History,
 }
 
 /// What [`Jobs::start`] found or did.
@@ -43,13 +49,16 @@ pub enum Started {
 }
 
 impl Jobs {
-    pub fn new(negative_ttl: Duration) -> Jobs {
+    /// The jobs, with the finished builds of the history in `state_dir`.
+    pub fn new(negative_ttl: Duration, state_dir: &Path) -> Jobs {
         let capacity = NonZeroUsize::new(REMEMBERED_FAILURES).expect("not zero");
+        let (history, finished) = History::open(state_dir, RECENT_BUILDS);
         Jobs {
             active: Mutex::new(HashMap::new()),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(finished.into_iter().map(Job::from_record).collect()),
             failures: Mutex::new(LruCache::new(capacity)),
             negative_ttl,
+            history,
         }
     }
 
@@ -93,7 +102,7 @@ impl Jobs {
                 self.failures.lock().unwrap().put(job.key.clone(), (error.clone(), Instant::now()));
             }
         }
-        job.finish(outcome);
+        job.finish(outcome, |record| self.history.add(record));
         self.active.lock().unwrap().remove(&job.key);
         if job.is_build() {
             let mut recent = self.recent.lock().unwrap();
@@ -130,6 +139,13 @@ mod tests {
     use crate::service::job::JobState;
     use std::collections::BTreeMap;
 
+    /// A state directory of a test's own.
+    fn state(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("flakeforge-jobs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     fn key(name: &str) -> JobKey {
         (name.to_owned(), "latest".to_owned())
     }
@@ -140,7 +156,8 @@ mod tests {
 
     #[test]
     fn one_job_per_key_and_failures_are_remembered() {
-        let jobs = Jobs::new(Duration::from_secs(60));
+        let state = state("failures");
+        let jobs = Jobs::new(Duration::from_secs(60), &state);
         let Started::New(job) = jobs.start(key("a"), &[], Trigger::Client, None) else { panic!() };
         assert!(matches!(jobs.start(key("a"), &[], Trigger::Client, None), Started::Running(j) if j.id == job.id));
         jobs.run(&job, || Err(ServiceError::NameUnknown("no a".into())));
@@ -151,11 +168,14 @@ mod tests {
         let Started::New(job) = jobs.start(key("b"), &[], Trigger::Client, None) else { panic!() };
         jobs.run(&job, || Err(ServiceError::TooManyBuilds));
         assert!(matches!(jobs.start(key("b"), &[], Trigger::Client, None), Started::New(_)));
+        // Nor kept: only builds are.
+        assert!(!state.join("builds").exists());
     }
 
     #[test]
     fn builds_are_listed_with_progress_and_log() {
-        let jobs = Jobs::new(Duration::ZERO);
+        let state = state("listed");
+        let jobs = Jobs::new(Duration::ZERO, &state);
         let Started::New(job) = jobs.start(key("a"), &["x86_64-linux".into()], Trigger::Prebuild, None) else {
             panic!()
         };
@@ -178,5 +198,24 @@ mod tests {
         assert_eq!((status.state, status.digest.clone()), (JobState::Succeeded, Some(Digest::of(b"m"))));
         let chunk = job.log_from(0, Duration::ZERO);
         assert!(chunk.finished && chunk.text.ends_with(&format!("done: {}\n", Digest::of(b"m"))));
+        // A failed one too; both are listed again, as they were, after a restart.
+        let Started::New(failed) = jobs.start(key("b"), &[], Trigger::Watch, None) else { panic!() };
+        failed.work.observer().unwrap().queued(1, Lane::Build);
+        jobs.run(&failed, || Err(ServiceError::Build { message: "builder failed".into(), build: None }));
+        let before = jobs.statuses();
+        let again = Jobs::new(Duration::ZERO, &state);
+        let after = again.statuses();
+        let without_duration = |s: &BuildStatus| BuildStatus { duration_secs: 0.0, ..s.clone() };
+        assert_eq!(
+            after.iter().map(without_duration).collect::<Vec<_>>(),
+            before.iter().map(without_duration).collect::<Vec<_>>()
+        );
+        assert_eq!((after[0].state, after[0].error.as_deref()), (JobState::Failed, Some("builder failed")));
+        for id in [&job.id, &failed.id] {
+            let (old, new) =
+                (jobs.get(id).unwrap().log_from(0, Duration::ZERO), again.get(id).unwrap().log_from(0, Duration::ZERO));
+            assert!(new.finished && new.text == old.text && new.next == old.next);
+        }
+        std::fs::remove_dir_all(&state).unwrap();
     }
 }

@@ -8,6 +8,7 @@ mod assemble;
 pub mod attest;
 mod blob;
 mod catalog;
+mod history;
 mod inventory;
 pub mod job;
 mod jobs;
@@ -220,7 +221,7 @@ impl Service {
             names,
             current: TagCache::new(CURRENT_TAGS, Duration::MAX),
             revisions: Revisions::new(&config.flake, config.tag_ttl, config.policy.negative_ttl),
-            jobs: Jobs::new(config.policy.negative_ttl),
+            jobs: Jobs::new(config.policy.negative_ttl, &config.state_dir),
             generation: GenerationSlots::new(max_generations, max_generations * WAITING_PER_SLOT),
             regenerations: Regenerations::default(),
             watch: Watch::default(),

@@ -10,6 +10,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use common::auth::Https;
 use common::clients::skopeo_copy;
 use common::{run_ok, FlakeforgeServer, TestDir, TestFlake};
 
@@ -47,6 +48,7 @@ fn a_read_only_state_directory_serves_what_is_stored() {
     let certs = TestDir::new();
     fs::copy(state.join("tls/ca.crt"), certs.path().join("ca.crt")).unwrap();
     let built = pull(&server, "hello", certs.path());
+    let hello_build = server_builds(&server)[0]["id"].clone();
     server.stop();
 
     run_ok(Command::new("mount").arg("--bind").arg(&state).arg(&state), 10);
@@ -75,4 +77,21 @@ fn a_read_only_state_directory_serves_what_is_stored() {
     let building = server.log()[since_restart..].to_string();
     assert!(building.contains("--no-link") && building.contains("no GC root keeps"), "{building}");
     assert_eq!(listing(&state), before, "the state directory changed");
+
+    // The build history: the build from before is listed; new ones are listed but not kept, said once.
+    let https = Https::new(&server);
+    assert_eq!(https.get("/v2/broken/manifests/latest", None).status, 404);
+    let builds = server_builds(&server);
+    let listed: Vec<_> = builds.iter().map(|b| (b["image"].as_str().unwrap(), b["id"] == hello_build)).collect();
+    assert_eq!(listed, [("broken", false), ("motd", false), ("hello", true)], "{builds:?}");
+    let log = server.log()[since_restart..].to_string();
+    assert_eq!(log.matches("build history: cannot keep finished builds").count(), 1, "{log}");
+    assert_eq!(listing(&state), before, "the state directory changed");
+}
+
+/// The builds `GET /-/builds` lists, newest first.
+fn server_builds(server: &FlakeforgeServer) -> Vec<serde_json::Value> {
+    let response = Https::new(server).get("/-/builds", None);
+    assert_eq!(response.status, 200);
+    response.json()["builds"].as_array().unwrap().clone()
 }

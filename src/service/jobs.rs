@@ -182,6 +182,8 @@ mod tests {
         let observer = job.work.observer().unwrap();
         observer.queued(1, Lane::Build);
         assert_eq!(jobs.statuses()[0].state, JobState::Queued);
+        // Not finished, so not kept: a restart now would list nothing.
+        assert!(Jobs::new(Duration::ZERO, &state).statuses().is_empty());
         observer.started(1, Lane::Build, "nix build x");
         observer.event(1, &Event::Progress(Progress { built: 1, total: 3 }));
         observer.event(1, &Event::Line("hello> hi".into()));

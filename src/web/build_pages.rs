@@ -64,7 +64,7 @@ pub fn list(service: &Service, identity: &Identity) -> Result<Response, Denied> 
         }
         body.push_str("</tbody></table></div>");
     }
-    body.push_str("<p class=\"muted\">Finished builds stay listed for a while (the last 100).</p>");
+    body.push_str("<p class=\"muted\">Finished builds stay listed for a while (the last 100, across restarts).</p>");
     Ok(html::page(200, "Builds", Some(Section::Builds), Some(identity), &body))
 }
 

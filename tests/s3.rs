@@ -91,6 +91,10 @@ fn replicas_share_one_bucket_and_clients_follow_redirects() {
     assert!(
         !store.keys(BUCKET, "replicas/images/").is_empty() && !store.keys(BUCKET, "replicas/manifests/").is_empty()
     );
+    // The build history is the replica's own: in its state directory, not in the bucket.
+    let build = a.builds()["builds"][0]["id"].as_str().unwrap().to_string();
+    assert!(a.state_dir().join("builds").join(format!("{build}.json")).is_file(), "{}", a.log());
+    assert!(store.keys(BUCKET, "replicas/").iter().all(|key| !key.contains("builds")), "{:?}", store.keys(BUCKET, ""));
     // Streamed through A: no redirect.
     let blob = a.get(&format!("/v2/hello/blobs/{}", layers[0]));
     assert_eq!(blob.status, 200);

@@ -2,7 +2,8 @@
 //! it stands (resolving, queued, running, succeeded, failed), its progress
 //! (derivations built of those to build, from Nix's own report) and its log
 //! (bounded, readable while it grows), fed by the Nix scheduler's
-//! [`Observer`] of the job's work.
+//! [`Observer`] of the job's work. A finished build is also what the
+//! [`super::history`] keeps across restarts, and is made again from it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

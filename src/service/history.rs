@@ -219,12 +219,7 @@ fn remove(path: &Path) {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("flakeforge-history-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::test_dir::TestDir;
 
     fn record(n: u64) -> BuildRecord {
         BuildRecord {
@@ -259,7 +254,8 @@ mod tests {
 
     #[test]
     fn the_last_builds_are_kept_and_older_ones_removed() {
-        let state = temp_dir("bound");
+        let scratch = TestDir::new();
+        let state = scratch.path().join("state");
         let (history, read) = History::open(&state, 100);
         assert!(read.is_empty());
         for n in 0..130 {
@@ -282,7 +278,6 @@ mod tests {
         // And new ones push the oldest out of the reopened history too.
         history.add(&record(200));
         assert_eq!(files(&dir)[0], format!("{:010x}.json", 121));
-        fs::remove_dir_all(&state).unwrap();
     }
 
     fn files_ids(range: std::ops::Range<u64>) -> Vec<String> {
@@ -291,7 +286,8 @@ mod tests {
 
     #[test]
     fn what_cannot_be_read_is_logged_and_left_out() {
-        let state = temp_dir("damaged");
+        let scratch = TestDir::new();
+        let state = scratch.path().join("state");
         let (history, _) = History::open(&state, 100);
         for n in 0..4 {
             history.add(&record(n));
@@ -322,6 +318,5 @@ mod tests {
         // Writing fails too: the build is only not kept.
         history.add(&record(5));
         assert_eq!(fs::read(&dir).unwrap(), b"not a directory");
-        fs::remove_dir_all(&state).unwrap();
     }
 }

@@ -139,13 +139,6 @@ mod tests {
     use crate::service::job::JobState;
     use std::collections::BTreeMap;
 
-    /// A state directory of a test's own.
-    fn state(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("flakeforge-jobs-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
     fn key(name: &str) -> JobKey {
         (name.to_owned(), "latest".to_owned())
     }
@@ -156,7 +149,8 @@ mod tests {
 
     #[test]
     fn one_job_per_key_and_failures_are_remembered() {
-        let state = state("failures");
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let jobs = Jobs::new(Duration::from_secs(60), &state);
         let Started::New(job) = jobs.start(key("a"), &[], Trigger::Client, None) else { panic!() };
         assert!(matches!(jobs.start(key("a"), &[], Trigger::Client, None), Started::Running(j) if j.id == job.id));
@@ -174,7 +168,8 @@ mod tests {
 
     #[test]
     fn builds_are_listed_with_progress_and_log() {
-        let state = state("listed");
+        let scratch = crate::test_dir::TestDir::new();
+        let state = scratch.path().join("state");
         let jobs = Jobs::new(Duration::ZERO, &state);
         let Started::New(job) = jobs.start(key("a"), &["x86_64-linux".into()], Trigger::Prebuild, None) else {
             panic!()
@@ -218,6 +213,5 @@ mod tests {
                 (jobs.get(id).unwrap().log_from(0, Duration::ZERO), again.get(id).unwrap().log_from(0, Duration::ZERO));
             assert!(new.finished && new.text == old.text && new.next == old.next);
         }
-        std::fs::remove_dir_all(&state).unwrap();
     }
 }

@@ -124,9 +124,11 @@ pub struct CacheMetrics {
 
 /// Requests to a remote store (`storage/s3.rs`): `op` is `get`, `head`,
 /// `put`, `delete`, `list`, or a step of a multipart upload
-/// (`create_multipart`, `upload_part`, `complete_multipart`, `abort_multipart`).
+/// (`create_multipart`, `upload_part`, `complete_multipart`, `abort_multipart`);
+/// records the store did not take, waiting in memory (`cache/unwritten.rs`).
 pub struct StorageMetrics {
     pub requests: Family<OpLabel, Counter>,
+    pub unwritten: Gauge,
 }
 
 impl StorageMetrics {
@@ -198,7 +200,7 @@ impl Metrics {
             evictions: Counter::default(),
             evicted_bytes: Counter::default(),
         };
-        let storage = StorageMetrics { requests: Family::default() };
+        let storage = StorageMetrics { requests: Family::default(), unwritten: Gauge::default() };
         let tls = TlsMetrics { certificate_expiry: Gauge::default() };
 
         let mut registry = Registry::with_prefix("flakeforge");
@@ -259,6 +261,11 @@ impl Metrics {
             "storage_requests",
             "Requests sent to a remote store (S3), by operation (get, head, put, delete, list, create_multipart, upload_part, complete_multipart, abort_multipart)",
             storage.requests.clone(),
+        );
+        r.register(
+            "storage_unwritten_records",
+            "Records the store did not take (an outage, a full disk), kept in memory until it does",
+            storage.unwritten.clone(),
         );
         r.register(
             "tls_certificate_expiry_timestamp_seconds",

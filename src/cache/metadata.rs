@@ -3,7 +3,8 @@
 //! layer records (what each layer blob is made of) by blob digest and by
 //! recipe, built images by build key, and the artifacts that refer to each
 //! manifest (its SBOM, its provenance) by the manifest's digest. Writes that
-//! fail (a full disk) are kept in memory instead, and logged.
+//! fail (a full disk, the store down) are kept in memory and written when
+//! the store takes them ([`Unwritten`]).
 //!
 //! Every read is verified here, in the one place that reads: manifests and
 //! configs against their digest, records against the checksum they were
@@ -25,6 +26,8 @@ use crate::image::layer::LayerRecord;
 use crate::image::manifest::Platform;
 use crate::media_type::ManifestFormat;
 use crate::storage::{Kind, Storage};
+
+use super::Unwritten;
 
 /// An image as built: its manifests in both forms, its layers, its GC roots,
 /// and what its config, manifests and layer records are made from, so that
@@ -59,8 +62,8 @@ pub struct GcRoot {
 
 pub struct MetadataStore {
     storage: Arc<dyn Storage>,
-    /// Writes that failed (a full disk), kept in memory instead.
-    unwritten: Mutex<HashMap<(Kind, String), Vec<u8>>>,
+    /// Writes that failed, kept in memory until the store takes them.
+    unwritten: Unwritten,
     /// The key of an image record listing each manifest, config and layer
     /// digest: where a lost one is made again from. Read at open, kept up
     /// to date by `put_image`; in memory, so a digest nobody built costs no
@@ -80,14 +83,9 @@ type Recent = LruCache<(Kind, String), Vec<u8>>;
 const RECENT: usize = 4096;
 
 impl MetadataStore {
-    pub fn open(storage: Arc<dyn Storage>) -> io::Result<MetadataStore> {
+    pub fn open(storage: Arc<dyn Storage>, unwritten: Unwritten) -> io::Result<MetadataStore> {
         let recent = storage.is_remote().then(|| Mutex::new(LruCache::new(RECENT.try_into().expect("not zero"))));
-        let store = MetadataStore {
-            storage,
-            unwritten: Mutex::new(HashMap::new()),
-            listed_in: Mutex::new(HashMap::new()),
-            recent,
-        };
+        let store = MetadataStore { storage, unwritten, listed_in: Mutex::new(HashMap::new()), recent };
         for (key, record) in store.images() {
             store.list(&key, &record);
         }
@@ -95,10 +93,7 @@ impl MetadataStore {
     }
 
     fn put(&self, kind: Kind, name: &str, bytes: &[u8]) {
-        if let Err(err) = self.storage.put(kind, name, bytes) {
-            log::warn!("metadata: could not write {}/{name} ({err}); keeping it in memory", kind.folder());
-            self.unwritten.lock().unwrap().insert((kind, name.to_string()), bytes.to_vec());
-        }
+        self.unwritten.put(kind, name, bytes);
     }
 
     /// What `verify` gives of the object stored as `name` (the bytes it
@@ -106,10 +101,10 @@ impl MetadataStore {
     /// passed its seal). What it refuses is logged and removed; kept in
     /// memory, it was never stored.
     fn get(&self, kind: Kind, name: &str, verify: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
-        let key = (kind, name.to_string());
-        if let Some(bytes) = self.unwritten.lock().unwrap().get(&key) {
-            return verify(bytes);
+        if let Some(bytes) = self.unwritten.get(kind, name) {
+            return verify(&bytes);
         }
+        let key = (kind, name.to_string());
         // Named by their digest, these never change: what was verified stays so.
         let recent = self.recent.as_ref().filter(|_| matches!(kind, Kind::Manifests | Kind::Configs | Kind::Layers));
         if let Some(verified) = recent.and_then(|recent| recent.lock().unwrap().get(&key).cloned()) {
@@ -229,7 +224,8 @@ mod tests {
     use std::path::Path;
 
     fn open(state: &Path) -> MetadataStore {
-        MetadataStore::open(Arc::new(crate::storage::FsStorage::open(state).unwrap())).unwrap()
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::FsStorage::open(state).unwrap());
+        MetadataStore::open(storage.clone(), Unwritten::new(storage)).unwrap()
     }
 
     fn image_record(manifest: &Digest) -> ImageRecord {

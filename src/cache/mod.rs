@@ -1,7 +1,8 @@
 //! What flakeforge keeps between requests and across restarts, on top of
 //! a [`Storage`]: layer blobs (bounded, LRU), manifests, configs and layer
 //! recipes (small, kept), which image names hold each digest (kept),
-//! resolved tags in memory. Every read is verified here, whatever the
+//! resolved tags in memory, records the store did not take (in memory,
+//! written when it does). Every read is verified here, whatever the
 //! backend: small objects against their digest or the checksum they were
 //! sealed with, blobs by hashing when first opened.
 
@@ -11,12 +12,14 @@ pub mod known_blobs;
 pub mod metadata;
 pub mod resolutions;
 pub mod tags;
+pub mod unwritten;
 
 pub use blobs::{BlobStore, CacheWriter, VerifiedBlob};
 pub use image_names::ImageNames;
 pub use metadata::{GcRoot, ImageRecord, MetadataStore};
 pub use resolutions::{Resolution, ResolutionStore};
 pub use tags::TagCache;
+pub use unwritten::Unwritten;
 
 use crate::digest::Digest;
 use crate::storage::{Kind, Storage};

@@ -14,6 +14,8 @@ use crate::digest::Digest;
 use crate::media_type::ManifestFormat;
 use crate::storage::{Kind, Storage};
 
+use super::Unwritten;
+
 /// The image a name stood for at a revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolution {
@@ -24,26 +26,31 @@ pub struct Resolution {
 
 pub struct ResolutionStore {
     storage: Arc<dyn Storage>,
+    /// Writes that failed, kept in memory until the store takes them.
+    unwritten: Unwritten,
 }
 
 impl ResolutionStore {
-    pub fn open(storage: Arc<dyn Storage>) -> ResolutionStore {
-        ResolutionStore { storage }
+    pub fn open(storage: Arc<dyn Storage>, unwritten: Unwritten) -> ResolutionStore {
+        ResolutionStore { storage, unwritten }
     }
 
-    /// The resolution stored under `key`, checked against the checksum it
-    /// was sealed with (one that fails is removed); one that does not parse
-    /// is ignored (and logged).
+    /// The resolution stored under `key` (or waiting in memory to be),
+    /// checked against the checksum it was sealed with (one that fails is
+    /// removed); one that does not parse is ignored (and logged).
     pub fn get(&self, key: &Digest) -> Option<Resolution> {
+        if let Some(pending) = self.unwritten.get(Kind::Resolutions, key.hex()) {
+            let json = super::unseal(&pending)?;
+            return super::parse(json, Kind::Resolutions, key.hex());
+        }
         super::read_sealed(self.storage.as_ref(), Kind::Resolutions, key.hex())
     }
 
-    /// Stores `resolution` under `key`; a failure (a full disk) only costs a rebuild after a restart.
+    /// Stores `resolution` under `key`; one the store does not take waits
+    /// in memory (see [`Unwritten`] for why a stale one never moves a tag back).
     pub fn put(&self, key: &Digest, resolution: &Resolution) {
         let bytes = super::seal(&serde_json::to_vec(resolution).expect("resolutions serialize"));
-        if let Err(err) = self.storage.put(Kind::Resolutions, key.hex(), &bytes) {
-            log::warn!("resolutions: could not keep {} ({err}); it is built again after a restart", key.hex());
-        }
+        self.unwritten.put(Kind::Resolutions, key.hex(), &bytes);
     }
 }
 
@@ -54,7 +61,8 @@ mod tests {
     use std::path::Path;
 
     fn open(state: &Path) -> ResolutionStore {
-        ResolutionStore::open(Arc::new(crate::storage::FsStorage::open(state).unwrap()))
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::FsStorage::open(state).unwrap());
+        ResolutionStore::open(storage.clone(), Unwritten::new(storage))
     }
 
     /// A fresh store in a scratch directory (removed when dropped), its state directory and a resolution to keep.

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cache::{BlobStore, ImageNames, MetadataStore, Resolution, ResolutionStore, TagCache};
+use crate::cache::{BlobStore, ImageNames, MetadataStore, Resolution, ResolutionStore, TagCache, Unwritten};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::image::InvalidImage;
@@ -209,8 +209,10 @@ impl Service {
         let storage = config.storage.open(&config.state_dir).map_err(io::Error::other)?;
         log::info!("storage: {}", storage.describe());
         let blobs = BlobStore::open(storage.clone(), config.cache_size)?;
-        let meta = MetadataStore::open(storage.clone())?;
-        let resolutions = ResolutionStore::open(storage.clone());
+        // One backlog of records the store did not take, for both.
+        let unwritten = Unwritten::new(storage.clone());
+        let meta = MetadataStore::open(storage.clone(), unwritten.clone())?;
+        let resolutions = ResolutionStore::open(storage.clone(), unwritten);
         let names = ImageNames::open(storage.clone());
         Ok(Arc::new_cyclic(|me| Service {
             me: me.clone(),

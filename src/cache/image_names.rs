@@ -6,60 +6,56 @@
 //! the digest under that name then. A file found damaged is removed (the
 //! names come back when the tags are resolved again; until then the digest
 //! is refused to those who may not pull everything); on a store that
-//! cannot be written, the names are kept in memory for the process.
-//! Replicas sharing a bucket add names to the same objects: one replica's
+//! cannot be written, the names are kept in memory and written when it
+//! takes them ([`Unwritten`]). Replicas sharing a bucket add names to the same objects: one replica's
 //! addition may overwrite another's made at the same moment (S3 has no
 //! append); the lost name comes back when that replica resolves the tag again.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::digest::Digest;
 use crate::storage::{Kind, Storage};
 
+use super::Unwritten;
+
 pub struct ImageNames {
     storage: Arc<dyn Storage>,
-    /// One writer at a time (adding is read, then write); what could not be written.
-    unwritten: Mutex<HashMap<Digest, Vec<String>>>,
+    /// Names the store did not take yet (each list whole: those stored and the new).
+    unwritten: Unwritten,
+    /// One writer at a time: adding is read, then write.
+    adding: Mutex<()>,
 }
 
 impl ImageNames {
-    pub fn open(storage: Arc<dyn Storage>) -> ImageNames {
-        ImageNames { storage, unwritten: Mutex::new(HashMap::new()) }
+    pub fn open(storage: Arc<dyn Storage>, unwritten: Unwritten) -> ImageNames {
+        ImageNames { storage, unwritten, adding: Mutex::new(()) }
     }
 
     /// The image names (canonical) that hold `digest`, sorted.
     pub fn names(&self, digest: &Digest) -> Vec<String> {
-        let unwritten = self.unwritten.lock().unwrap();
-        self.names_locked(&unwritten, digest)
-    }
-
-    fn names_locked(&self, unwritten: &HashMap<Digest, Vec<String>>, digest: &Digest) -> Vec<String> {
-        let text = super::read_checked(self.storage.as_ref(), Kind::Names, digest.hex(), |sealed| {
-            super::unseal(sealed).map(|text| String::from_utf8_lossy(text).into_owned())
-        })
-        .unwrap_or_default();
-        let mut names: Vec<String> = text.lines().filter(|line| !line.is_empty()).map(str::to_owned).collect();
-        names.extend(unwritten.get(digest).into_iter().flatten().cloned());
+        let unseal = |sealed: &[u8]| super::unseal(sealed).map(|text| String::from_utf8_lossy(text).into_owned());
+        let text = match self.unwritten.get(Kind::Names, digest.hex()) {
+            Some(pending) => unseal(&pending),
+            None => super::read_checked(self.storage.as_ref(), Kind::Names, digest.hex(), unseal),
+        };
+        let mut names: Vec<String> =
+            text.unwrap_or_default().lines().filter(|line| !line.is_empty()).map(str::to_owned).collect();
         names.sort();
         names.dedup();
         names
     }
 
     /// Records that the image `name` holds `digests`. A write that fails
-    /// (a full disk, a read-only state directory) is logged and the name
-    /// kept in memory.
+    /// (a full disk, a read-only state directory, the store down) is kept
+    /// in memory until the store takes it.
     pub fn add(&self, name: &str, digests: &[Digest]) {
-        let mut unwritten = self.unwritten.lock().unwrap();
+        let _adding = self.adding.lock().unwrap();
         for digest in digests {
-            let mut names = self.names_locked(&unwritten, digest);
+            let mut names = self.names(digest);
             if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(name)) {
                 names.insert(at, name.to_owned());
                 let text: String = names.iter().map(|n| format!("{n}\n")).collect();
-                if let Err(err) = self.storage.put(Kind::Names, digest.hex(), &super::seal(text.as_bytes())) {
-                    log::warn!("names: could not record that {name} holds {digest} ({err}); kept in memory");
-                    unwritten.entry(digest.clone()).or_default().push(name.to_owned());
-                }
+                self.unwritten.put(Kind::Names, digest.hex(), &super::seal(text.as_bytes()));
             }
         }
     }
@@ -72,7 +68,8 @@ mod tests {
     use std::path::Path;
 
     fn open(state: &Path) -> ImageNames {
-        ImageNames::open(Arc::new(crate::storage::FsStorage::open(state).unwrap()))
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::FsStorage::open(state).unwrap());
+        ImageNames::open(storage.clone(), Unwritten::new(storage))
     }
 
     #[test]
@@ -107,6 +104,16 @@ mod tests {
         fs::remove_dir_all(state.join("tmp")).unwrap();
         let layer = Digest::of(b"layer");
         index.add("hello", std::slice::from_ref(&layer));
-        assert_eq!(index.names(&layer), ["hello"]);
+        index.add("motd", std::slice::from_ref(&layer));
+        assert_eq!(index.names(&layer), ["hello", "motd"]);
+        // Writes work again: what was kept is written (nudged by the next write).
+        fs::create_dir_all(state.join("tmp").join("metadata")).unwrap();
+        index.add("hello", &[Digest::of(b"another layer")]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !state.join("names").join(layer.hex()).exists() {
+            assert!(std::time::Instant::now() < deadline, "the names kept in memory were not written");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(open(&state).names(&layer), ["hello", "motd"]);
     }
 }

@@ -209,11 +209,11 @@ impl Service {
         let storage = config.storage.open(&config.state_dir).map_err(io::Error::other)?;
         log::info!("storage: {}", storage.describe());
         let blobs = BlobStore::open(storage.clone(), config.cache_size)?;
-        // One backlog of records the store did not take, for both.
+        // One backlog of records the store did not take, for all three.
         let unwritten = Unwritten::new(storage.clone());
         let meta = MetadataStore::open(storage.clone(), unwritten.clone())?;
-        let resolutions = ResolutionStore::open(storage.clone(), unwritten);
-        let names = ImageNames::open(storage.clone());
+        let resolutions = ResolutionStore::open(storage.clone(), unwritten.clone());
+        let names = ImageNames::open(storage.clone(), unwritten);
         Ok(Arc::new_cyclic(|me| Service {
             me: me.clone(),
             storage,

@@ -1,6 +1,6 @@
 //! Bad days: a build that times out, a restart, many clients at once for an
 //! image not built yet, a client that leaves mid-blob, a cache too small to
-//! keep anything, and a full disk.
+//! keep anything, a full disk, and records that could not be written.
 
 mod common;
 
@@ -123,6 +123,35 @@ fn a_full_disk_serves_without_caching() {
     pull(&server, "hello");
     assert!(server.log().contains("serving without caching"), "{}", server.log());
     assert_eq!(leftover_temp_files(&server.state_dir()), 0);
+}
+
+#[test]
+fn records_not_written_are_served_from_memory_then_written() {
+    const UNWRITTEN: &str = "flakeforge_storage_unwritten_records";
+    let flake = TestFlake::new();
+    let mut server = FlakeforgeServer::start(flake.path(), &[]);
+    // Records cannot be written (as on a full disk) while their scratch
+    // folder is gone; blobs and GC roots still can.
+    let scratch = server.state_dir().join("tmp/metadata");
+    std::fs::remove_dir_all(&scratch).unwrap();
+    let manifest = server.get("/v2/hello/manifests/latest");
+    assert_eq!(manifest.status, 200, "{}", server.log());
+    let digest = manifest.header("docker-content-digest").unwrap().to_string();
+    let builds = server.nix_builds();
+    assert!(builds > 0);
+    assert!(server.metric(UNWRITTEN).unwrap() > 0, "nothing kept in memory:\n{}", server.log());
+    let manifest_file = server.state_dir().join("manifests").join(digest.trim_start_matches("sha256:"));
+    assert!(!manifest_file.exists());
+    assert_eq!(server.get(&format!("/v2/hello/manifests/{digest}")).status, 200);
+    std::fs::create_dir(&scratch).unwrap();
+    wait_until(240, "the records kept in memory to be written", || server.metric(UNWRITTEN) == Some(0));
+    assert!(manifest_file.exists());
+    assert!(server.log().contains("records kept in memory during a storage outage"), "{}", server.log());
+    // Written, they outlive the process: served after a restart without building.
+    server.restart();
+    let again = server.get("/v2/hello/manifests/latest");
+    assert_eq!((again.status, again.header("docker-content-digest")), (200, Some(&*digest)));
+    assert_eq!(server.nix_builds(), builds, "built again after a restart:\n{}", server.log());
 }
 
 #[test]

@@ -2,8 +2,10 @@
 //! loopback, started and stopped by the test) and real clients: what one
 //! replica built is served by another without Nix or layer generation,
 //! blob GETs are redirected to presigned URLs the clients follow (a blob
-//! found in the bucket lately without asking the bucket again), and every
-//! blob checks out against its digest.
+//! found in the bucket lately without asking the bucket again), every
+//! blob checks out against its digest, and records a replica kept in
+//! memory while the store refused writes reach the bucket when it takes
+//! them again.
 
 mod common;
 
@@ -20,6 +22,8 @@ use flakeforge::digest::Digest;
 
 const BUCKET: &str = "flakeforge-test";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Records a replica kept in memory, not yet written.
+const UNWRITTEN: &str = "flakeforge_storage_unwritten_records";
 
 /// `--storage` and friends for a replica of `store`, credentials from a file.
 fn s3_args(store: &SeaweedFs, credentials: &TestDir, more: &[&str]) -> Vec<String> {
@@ -60,11 +64,7 @@ fn curl(url: &str) -> (u16, Vec<u8>) {
 
 /// Requests `server` sent to the store as `op` (`head`, `get`, ...), from its `/metrics`.
 fn storage_requests(server: &FlakeforgeServer, op: &str) -> u64 {
-    let metrics = server.get("/metrics");
-    assert_eq!(metrics.status, 200);
-    let line = format!("flakeforge_storage_requests_total{{op=\"{op}\"}} ");
-    let text = String::from_utf8(metrics.body).unwrap();
-    text.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |n| n.trim().parse().unwrap())
+    server.metric(&format!("flakeforge_storage_requests_total{{op=\"{op}\"}}")).unwrap_or(0)
 }
 
 fn generated_layers(server: &FlakeforgeServer) -> usize {
@@ -198,7 +198,43 @@ fn replicas_share_one_bucket_and_clients_follow_redirects() {
     let again = skopeo_copy(&format!("{}/hello", b.host()), &["--src-tls-verify=false"]);
     assert_eq!(layers_of(&again), layers);
     assert_eq!(b.nix_builds(), 0, "B built while the store was away:\n{}", b.log());
-    for replica in [&a, &b, &c] {
+
+    // Replica D reaches the bucket through a proxy that refuses to store
+    // anything but build leases (500), as a store failing writes would:
+    // D builds motd and serves it from memory; when the store takes
+    // writes again, what D kept in memory is written, and C serves the
+    // same image without building.
+    let proxy = RefusingProxy::start_refusing(store.s3_addr(), |line| {
+        line.starts_with("PUT ") && !line.contains("/replicas/leases/")
+    });
+    let mut args = s3_args(&store, &credentials, &[]);
+    let endpoint = args.iter().position(|a| a == "--s3-endpoint").unwrap() + 1;
+    args[endpoint] = proxy.endpoint();
+    let d = start(&flake, &args);
+    proxy.refuse(true);
+    let motd = d.request("GET", "/v2/motd/manifests/latest", &[("Accept", OCI_MANIFEST)]);
+    assert_eq!(motd.status, 200, "{}", d.log());
+    let motd_digest = motd.header("docker-content-digest").unwrap().to_string();
+    let motd_key = format!("replicas/manifests/{}", motd_digest.trim_start_matches("sha256:"));
+    assert!(d.nix_builds() > 0 && proxy.refused() > 0, "{}", d.log());
+    assert!(!store.keys(BUCKET, "replicas/manifests/").contains(&motd_key), "{motd_key} was stored");
+    let pending = d.metric(UNWRITTEN).unwrap();
+    assert!(pending > 0, "nothing kept in memory:\n{}", d.log());
+    // Served from memory meanwhile.
+    assert_eq!(d.request("GET", &format!("/v2/motd/manifests/{motd_digest}"), &[]).status, 200);
+    proxy.refuse(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while d.metric(UNWRITTEN).unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the records kept in memory were not written:\n{}", d.log());
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    assert!(store.keys(BUCKET, "replicas/manifests/").contains(&motd_key), "{}", d.log());
+    assert!(d.log().contains("records kept in memory during a storage outage"), "{}", d.log());
+    let from_c = c.request("GET", "/v2/motd/manifests/latest", &[("Accept", OCI_MANIFEST)]);
+    assert_eq!(from_c.status, 200, "{}", c.log());
+    assert_eq!(from_c.header("docker-content-digest"), Some(&*motd_digest));
+    assert_eq!(c.nix_builds(), 0, "C built motd:\n{}", c.log());
+    for replica in [&a, &b, &c, &d] {
         assert!(!replica.log().contains("does not match its digest"), "{}", replica.log());
     }
 }

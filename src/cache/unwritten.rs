@@ -263,8 +263,13 @@ fn retry(shared: Weak<Shared>) {
             return;
         }
         if let Some(err) = failed {
-            *wait = if progress { shared.schedule.first } else { (*wait * 2).min(shared.schedule.last) };
-            log::warn!("{} records still wait to be written ({err}); next try in {wait:?}", backlog.records.len());
+            let next = if progress { shared.schedule.first } else { (*wait * 2).min(shared.schedule.last) };
+            // Said until the tries settle at the longest wait (a read-only
+            // state directory stays so): then quiet.
+            if next != *wait || progress {
+                log::warn!("{} records still wait to be written ({err}); next try in {next:?}", backlog.records.len());
+            }
+            *wait = next;
         }
     }
 }

@@ -1,7 +1,8 @@
 //! A loopback HTTP proxy in front of a real server (SeaweedFS) that, while
 //! told to, answers `500` to the requests whose request line contains a
-//! given text, as a store failing one kind of request would; everything
-//! else goes through unchanged, one request per connection. Stopped on drop.
+//! given text (or passes a given test), as a store failing one kind of
+//! request would; everything else goes through unchanged, one request per
+//! connection. Stopped on drop.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -21,22 +22,32 @@ impl RefusingProxy {
     /// Listens on a free loopback port, forwarding to `upstream`; refuses
     /// requests whose request line contains `refused_line` while [`RefusingProxy::refuse`] is on.
     pub fn start(upstream: SocketAddr, refused_line: &str) -> RefusingProxy {
+        let refused_line = refused_line.to_string();
+        RefusingProxy::start_refusing(upstream, move |line| line.contains(&refused_line))
+    }
+
+    /// Like [`RefusingProxy::start`], refusing the requests whose request line passes `refuses`.
+    pub fn start_refusing(
+        upstream: SocketAddr,
+        refuses: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> RefusingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (refusing, refused, stopped) =
             (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
-        let shared = (refusing.clone(), refused.clone(), stopped.clone(), refused_line.to_string());
+        let shared = (refusing.clone(), refused.clone(), stopped.clone(), Arc::new(refuses));
         let accepting = thread::spawn(move || {
-            let (refusing, refused, stopped, refused_line) = shared;
+            let (refusing, refused, stopped, refuses) = shared;
             for client in listener.incoming() {
                 if stopped.load(Ordering::Relaxed) {
                     return;
                 }
                 let Ok(client) = client else { continue };
                 let refuse = refusing.clone();
-                let (refused, refused_line) = (refused.clone(), refused_line.clone());
+                let (refused, refuses) = (refused.clone(), refuses.clone());
                 thread::spawn(move || {
-                    let _ = serve(client, upstream, || refuse.load(Ordering::Relaxed), &refused_line, &refused);
+                    let refuse = |line: &str| refuse.load(Ordering::Relaxed) && refuses(line);
+                    let _ = serve(client, upstream, refuse, &refused);
                 });
             }
         });
@@ -71,8 +82,7 @@ impl Drop for RefusingProxy {
 fn serve(
     client: TcpStream,
     upstream: SocketAddr,
-    refusing: impl Fn() -> bool,
-    refused_line: &str,
+    refuse: impl Fn(&str) -> bool,
     refused: &AtomicUsize,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
@@ -100,7 +110,7 @@ fn serve(
     }
     let request_line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
     let mut client = client;
-    if refusing() && request_line.contains(refused_line) {
+    if refuse(&request_line) {
         refused.fetch_add(1, Ordering::Relaxed);
         std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
         client.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;

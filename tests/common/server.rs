@@ -266,6 +266,16 @@ impl FlakeforgeServer {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The value of `series` (a metric's name, with its labels if any) in
+    /// `/metrics`; `None` if it is not there.
+    pub fn metric(&self, series: &str) -> Option<u64> {
+        let metrics = self.get("/metrics");
+        assert_eq!(metrics.status, 200);
+        let text = String::from_utf8(metrics.body).unwrap();
+        let prefix = format!("{series} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|n| n.trim().parse().unwrap())
+    }
+
     /// How many `nix build` runs the log shows (started and finished).
     pub fn nix_builds(&self) -> usize {
         self.log().lines().filter(|l| l.contains("nix build ")).count()

@@ -282,13 +282,14 @@ mod tests {
 
     use crate::digest::Digest;
     use crate::storage::{FsStorage, Version};
+    use crate::test_dir::TestDir;
 
-    /// A fresh state directory named after `test`, and its store.
-    fn fresh(test: &str) -> (PathBuf, Arc<dyn Storage>) {
-        let state = std::env::temp_dir().join(format!("flakeforge-unwritten-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state);
+    /// A fresh state directory (removed with the scratch directory), and its store.
+    fn fresh() -> (TestDir, PathBuf, Arc<dyn Storage>) {
+        let scratch = TestDir::new();
+        let state = scratch.path().join("state");
         let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(&state).unwrap());
-        (state, storage)
+        (scratch, state, storage)
     }
 
     /// Writes fail while the directory for temporary files is gone.
@@ -317,7 +318,7 @@ mod tests {
 
     #[test]
     fn kept_until_a_write_succeeds_then_written_oldest_first() {
-        let (state, storage) = fresh("nudged");
+        let (_scratch, state, storage) = fresh();
         let unwritten = Unwritten::with_schedule(storage.clone(), NUDGED_ONLY);
         fail_writes(&state, true);
         unwritten.put(Kind::Manifests, "a", b"first");
@@ -333,12 +334,11 @@ mod tests {
         assert_eq!(stored(storage.as_ref(), Kind::Manifests, "a").unwrap(), b"first, again");
         assert_eq!(stored(storage.as_ref(), Kind::Configs, "b").unwrap(), b"second");
         assert_eq!(unwritten.get(Kind::Configs, "b"), None);
-        fs::remove_dir_all(&state).unwrap();
     }
 
     #[test]
     fn retried_on_a_schedule_with_nothing_else_written() {
-        let (state, storage) = fresh("schedule");
+        let (_scratch, state, storage) = fresh();
         let schedule =
             Schedule { first: Duration::from_millis(50), last: Duration::from_millis(200), cap_bytes: CAP_BYTES };
         let unwritten = Unwritten::with_schedule(storage.clone(), schedule);
@@ -350,7 +350,6 @@ mod tests {
         fail_writes(&state, false);
         wait_until("the backlog written", || unwritten.is_empty());
         assert_eq!(stored(storage.as_ref(), Kind::Layers, "l").unwrap(), b"layer record");
-        fs::remove_dir_all(&state).unwrap();
     }
 
     /// A directory taken for a bucket that replicas share.
@@ -397,7 +396,7 @@ mod tests {
 
     #[test]
     fn in_a_shared_bucket_a_pending_tag_never_overwrites_a_newer_one() {
-        let (state, storage) = fresh("tag");
+        let (_scratch, state, storage) = fresh();
         let storage: Arc<dyn Storage> = Arc::new(SharedBucket(storage));
         let unwritten = Unwritten::with_schedule(storage.clone(), NUDGED_ONLY);
         fail_writes(&state, true);
@@ -420,12 +419,11 @@ mod tests {
         assert_eq!(unwritten.get(Kind::Resolutions, "tag"), None, "the older value is still pending");
         assert!(unwritten.is_empty());
         assert_eq!(stored(storage.as_ref(), Kind::Resolutions, "tag").unwrap(), b"revision 4");
-        fs::remove_dir_all(&state).unwrap();
     }
 
     #[test]
     fn in_a_state_directory_the_pending_value_is_the_latest() {
-        let (state, storage) = fresh("local tag");
+        let (_scratch, state, storage) = fresh();
         let unwritten = Unwritten::with_schedule(storage.clone(), NUDGED_ONLY);
         unwritten.put(Kind::Resolutions, "tag", b"revision 1");
         fail_writes(&state, true);
@@ -434,12 +432,11 @@ mod tests {
         unwritten.put(Kind::Manifests, "m", b"manifest");
         wait_until("the backlog written", || unwritten.is_empty());
         assert_eq!(stored(storage.as_ref(), Kind::Resolutions, "tag").unwrap(), b"revision 2");
-        fs::remove_dir_all(&state).unwrap();
     }
 
     #[test]
     fn past_the_cap_a_record_is_dropped_not_kept() {
-        let (state, storage) = fresh("cap");
+        let (_scratch, state, storage) = fresh();
         let unwritten = Unwritten::with_schedule(storage.clone(), Schedule { cap_bytes: 10, ..NUDGED_ONLY });
         fail_writes(&state, true);
         unwritten.put(Kind::Manifests, "a", b"123456");
@@ -457,6 +454,5 @@ mod tests {
         wait_until("the backlog written", || unwritten.is_empty());
         assert_eq!(stored(storage.as_ref(), Kind::Manifests, "a"), None);
         assert_eq!(stored(storage.as_ref(), Kind::Manifests, "c").unwrap(), b"1234");
-        fs::remove_dir_all(&state).unwrap();
     }
 }

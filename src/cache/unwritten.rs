@@ -53,8 +53,11 @@ pub struct Unwritten {
 /// When to try again, and how much to keep.
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
+    /// The wait before the first try, and after a try that wrote something.
     pub first: Duration,
+    /// The longest wait, reached by doubling while tries fail.
     pub last: Duration,
+    /// Bytes of records kept in memory at most.
     pub cap_bytes: usize,
 }
 
@@ -72,6 +75,8 @@ struct Shared {
     backlog: Mutex<Backlog>,
     /// Wakes the retrying thread: a write succeeded, the store is back.
     nudge: Condvar,
+    /// Tells writers waiting for `in_flight` that it landed.
+    landed: Condvar,
 }
 
 #[derive(Default)]
@@ -83,6 +88,8 @@ struct Backlog {
     bytes: usize,
     /// Whether the retrying thread runs.
     retrying: bool,
+    /// The record the retrying thread writes now.
+    in_flight: Option<Key>,
     nudged: bool,
     /// Since the backlog was last empty: written, and found in the store already.
     written: usize,
@@ -97,9 +104,12 @@ impl Backlog {
         }
     }
 
-    fn oldest(&self) -> Option<(u64, Key, Arc<Vec<u8>>)> {
+    /// The oldest record, noted as being written.
+    fn take_oldest(&mut self) -> Option<(u64, Key, Arc<Vec<u8>>)> {
         let (seq, key) = self.order.first_key_value()?;
-        Some((*seq, key.clone(), self.records[key].1.clone()))
+        let oldest = (*seq, key.clone(), self.records[key].1.clone());
+        self.in_flight = Some(key.clone());
+        Some(oldest)
     }
 
     fn set_gauge(&self) {
@@ -119,6 +129,7 @@ impl Unwritten {
             next_seq: AtomicU64::new(0),
             backlog: Mutex::new(Backlog::default()),
             nudge: Condvar::new(),
+            landed: Condvar::new(),
         };
         Unwritten { shared: Arc::new(shared) }
     }
@@ -133,6 +144,15 @@ impl Unwritten {
         let mut backlog = shared.lock();
         let newer_pending = backlog.records.get(&key).is_some_and(|(pending, _)| *pending > seq);
         match written {
+            // In a state directory the retrying thread may be writing an
+            // older value of this name over this one now: this one goes again after it.
+            Ok(()) if !newer_pending && backlog.in_flight.as_ref() == Some(&key) && !shared.storage.is_remote() => {
+                while backlog.in_flight.as_ref() == Some(&key) {
+                    backlog = shared.landed.wait(backlog).unwrap();
+                }
+                drop(backlog);
+                self.put(kind, name, bytes);
+            }
             Ok(()) => {
                 // An older value failed before: this one replaces it.
                 if !newer_pending {
@@ -212,13 +232,16 @@ impl Shared {
     fn write_backlog(&self) -> (bool, Option<StorageError>) {
         let mut progress = false;
         loop {
-            let Some((seq, (kind, name), bytes)) = self.lock().oldest() else { return (progress, None) };
-            let created = match self.write(kind, &name, &bytes) {
+            let Some((seq, (kind, name), bytes)) = self.lock().take_oldest() else { return (progress, None) };
+            let written = self.write(kind, &name, &bytes);
+            let mut backlog = self.lock();
+            backlog.in_flight = None;
+            self.landed.notify_all();
+            let created = match written {
                 Ok(created) => created,
                 Err(err) => return (progress, Some(err)),
             };
             progress = true;
-            let mut backlog = self.lock();
             match created {
                 true => backlog.written += 1,
                 false => backlog.found += 1,
@@ -256,10 +279,11 @@ fn retry(shared: Weak<Shared>) {
         if backlog.records.is_empty() {
             backlog.retrying = false;
             let (written, found) = (std::mem::take(&mut backlog.written), std::mem::take(&mut backlog.found));
-            log::info!(
-                "wrote {written} records kept in memory during a storage outage \
-                 ({found} more were in the store already and left as they were)"
-            );
+            let found = match found {
+                0 => String::new(),
+                found => format!(" ({found} more were in the store already and left as they were)"),
+            };
+            log::info!("wrote {written} records kept in memory during a storage outage{found}");
             return;
         }
         if let Some(err) = failed {
@@ -352,52 +376,69 @@ mod tests {
         assert_eq!(stored(storage.as_ref(), Kind::Layers, "l").unwrap(), b"layer record");
     }
 
-    /// A directory taken for a bucket that replicas share.
-    struct SharedBucket(Arc<dyn Storage>);
+    /// A state directory, taken for a bucket that replicas share if
+    /// `remote`; a put of `held` bytes waits for `release` first.
+    struct TestStore {
+        inner: Arc<dyn Storage>,
+        remote: bool,
+        held: Vec<u8>,
+        release: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    }
 
-    impl Storage for SharedBucket {
+    impl TestStore {
+        fn new(inner: Arc<dyn Storage>, remote: bool) -> TestStore {
+            TestStore { inner, remote, held: Vec::new(), release: Mutex::new(None) }
+        }
+    }
+
+    impl Storage for TestStore {
         fn describe(&self) -> String {
-            self.0.describe()
+            self.inner.describe()
         }
         fn get(&self, kind: Kind, name: &str) -> Result<Option<crate::storage::Stored>, StorageError> {
-            self.0.get(kind, name)
+            self.inner.get(kind, name)
         }
         fn put(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
-            self.0.put(kind, name, bytes)
+            if bytes == self.held {
+                if let Some(release) = self.release.lock().unwrap().take() {
+                    release.recv().unwrap();
+                }
+            }
+            self.inner.put(kind, name, bytes)
         }
         fn create(&self, kind: Kind, name: &str, bytes: &[u8]) -> Result<Option<Version>, StorageError> {
-            self.0.create(kind, name, bytes)
+            self.inner.create(kind, name, bytes)
         }
         fn remove(&self, kind: Kind, name: &str, version: &Version) -> Result<(), StorageError> {
-            self.0.remove(kind, name, version)
+            self.inner.remove(kind, name, version)
         }
         fn list(&self, kind: Kind) -> Result<Vec<String>, StorageError> {
-            self.0.list(kind)
+            self.inner.list(kind)
         }
         fn list_blobs(&self) -> Result<Vec<crate::storage::BlobEntry>, StorageError> {
-            self.0.list_blobs()
+            self.inner.list_blobs()
         }
         fn open_blob(&self, digest: &Digest) -> Result<Option<Box<dyn crate::storage::BlobHandle>>, StorageError> {
-            self.0.open_blob(digest)
+            self.inner.open_blob(digest)
         }
         fn put_blob(&self, digest: &Digest, staged: &Path) -> Result<Version, StorageError> {
-            self.0.put_blob(digest, staged)
+            self.inner.put_blob(digest, staged)
         }
         fn remove_blob(&self, digest: &Digest, at: Option<&Version>) -> Result<(), StorageError> {
-            self.0.remove_blob(digest, at)
+            self.inner.remove_blob(digest, at)
         }
         fn staging_dir(&self) -> &Path {
-            self.0.staging_dir()
+            self.inner.staging_dir()
         }
         fn is_remote(&self) -> bool {
-            true
+            self.remote
         }
     }
 
     #[test]
     fn in_a_shared_bucket_a_pending_tag_never_overwrites_a_newer_one() {
         let (_scratch, state, storage) = fresh();
-        let storage: Arc<dyn Storage> = Arc::new(SharedBucket(storage));
+        let storage: Arc<dyn Storage> = Arc::new(TestStore::new(storage, true));
         let unwritten = Unwritten::with_schedule(storage.clone(), NUDGED_ONLY);
         fail_writes(&state, true);
         unwritten.put(Kind::Resolutions, "tag", b"revision 1");
@@ -431,6 +472,31 @@ mod tests {
         fail_writes(&state, false);
         unwritten.put(Kind::Manifests, "m", b"manifest");
         wait_until("the backlog written", || unwritten.is_empty());
+        assert_eq!(stored(storage.as_ref(), Kind::Resolutions, "tag").unwrap(), b"revision 2");
+    }
+
+    #[test]
+    fn in_a_state_directory_a_write_during_the_retry_of_an_older_value_wins() {
+        let (_scratch, state, inner) = fresh();
+        let store = Arc::new(TestStore { held: b"revision 1".to_vec(), ..TestStore::new(inner, false) });
+        let storage: Arc<dyn Storage> = store.clone();
+        let unwritten = Unwritten::with_schedule(storage.clone(), NUDGED_ONLY);
+        fail_writes(&state, true);
+        unwritten.put(Kind::Resolutions, "tag", b"revision 1");
+        let (release, released) = std::sync::mpsc::channel();
+        *store.release.lock().unwrap() = Some(released);
+        fail_writes(&state, false);
+        // The retry of revision 1 starts, and is held in the store's put.
+        unwritten.put(Kind::Manifests, "m", b"manifest");
+        wait_until("the retry to start", || unwritten.shared.lock().in_flight.is_some());
+        std::thread::scope(|scope| {
+            // Revision 2 lands first; revision 1 after it.
+            let newer = scope.spawn(|| unwritten.put(Kind::Resolutions, "tag", b"revision 2"));
+            std::thread::sleep(Duration::from_millis(200));
+            release.send(()).unwrap();
+            newer.join().unwrap();
+        });
+        wait_until("the retrying thread to end", || !unwritten.shared.lock().retrying);
         assert_eq!(stored(storage.as_ref(), Kind::Resolutions, "tag").unwrap(), b"revision 2");
     }
 

@@ -235,21 +235,34 @@ pub struct DockerRegistry {
     addr: SocketAddr,
 }
 
+/// The address in docker-registry's `listening on 127.0.0.1:PORT` log line.
+fn listening_address(log: &str) -> Option<SocketAddr> {
+    let (_, rest) = log.split_once("listening on 127.0.0.1:")?;
+    let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some(SocketAddr::from(([127, 0, 0, 1], port.parse().ok()?)))
+}
+
 impl DockerRegistry {
+    /// The registry picks its own port (`127.0.0.1:0`) and says which in its
+    /// log: a port picked for it beforehand could be taken meanwhile (by a
+    /// client's connection or another test's daemon), and another listener
+    /// on it would pass for this registry until it went away.
     pub fn start() -> DockerRegistry {
         let dir = TestDir::new();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = dir.path().join("config.yml");
         fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
                 dir.path().join("storage").display()
             ),
         )
         .unwrap();
-        let ready = || TcpStream::connect(addr).is_ok();
-        let daemon = Daemon::start("docker-registry", &["serve", config.to_str().unwrap()], dir, ready);
+        let log = dir.path().join("docker-registry.log");
+        let listening = || listening_address(&fs::read_to_string(&log).unwrap_or_default());
+        let daemon =
+            Daemon::start("docker-registry", &["serve", config.to_str().unwrap()], dir, || listening().is_some());
+        let addr = listening().expect("the registry said where it listens");
         DockerRegistry { _daemon: daemon, addr }
     }
 

@@ -11,15 +11,14 @@
 //! addition may overwrite another's made at the same moment (S3 has no
 //! append); the lost name comes back when that replica resolves the tag again.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crate::digest::Digest;
-use crate::storage::{Kind, Storage};
+use crate::storage::Kind;
 
 use super::Unwritten;
 
 pub struct ImageNames {
-    storage: Arc<dyn Storage>,
     /// Names the store did not take yet (each list whole: those stored and the new).
     unwritten: Unwritten,
     /// One writer at a time: adding is read, then write.
@@ -27,17 +26,14 @@ pub struct ImageNames {
 }
 
 impl ImageNames {
-    pub fn open(storage: Arc<dyn Storage>, unwritten: Unwritten) -> ImageNames {
-        ImageNames { storage, unwritten, adding: Mutex::new(()) }
+    pub fn open(unwritten: Unwritten) -> ImageNames {
+        ImageNames { unwritten, adding: Mutex::new(()) }
     }
 
     /// The image names (canonical) that hold `digest`, sorted.
     pub fn names(&self, digest: &Digest) -> Vec<String> {
         let unseal = |sealed: &[u8]| super::unseal(sealed).map(|text| String::from_utf8_lossy(text).into_owned());
-        let text = match self.unwritten.get(Kind::Names, digest.hex()) {
-            Some(pending) => unseal(&pending),
-            None => super::read_checked(self.storage.as_ref(), Kind::Names, digest.hex(), unseal),
-        };
+        let text = self.unwritten.read_checked(Kind::Names, digest.hex(), unseal);
         let mut names: Vec<String> =
             text.unwrap_or_default().lines().filter(|line| !line.is_empty()).map(str::to_owned).collect();
         names.sort();
@@ -68,8 +64,8 @@ mod tests {
     use std::path::Path;
 
     fn open(state: &Path) -> ImageNames {
-        let storage: Arc<dyn Storage> = Arc::new(crate::storage::FsStorage::open(state).unwrap());
-        ImageNames::open(storage.clone(), Unwritten::new(storage))
+        let storage = std::sync::Arc::new(crate::storage::FsStorage::open(state).unwrap());
+        ImageNames::open(Unwritten::new(storage))
     }
 
     #[test]

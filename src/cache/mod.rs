@@ -76,7 +76,16 @@ pub fn read_checked<T>(
 /// one that fails its seal is removed; one that passes but does not parse
 /// (written by another version) is ignored and logged, not removed.
 pub fn read_sealed<T: serde::de::DeserializeOwned>(storage: &dyn Storage, kind: Kind, name: &str) -> Option<T> {
-    read_checked(storage, kind, name, |sealed| unseal(sealed).map(|json| parse(json, kind, name)))?
+    read_checked(storage, kind, name, parse_sealed(kind, name))?
+}
+
+/// How a sealed record is verified for [`read_checked`]: its JSON, once it
+/// passed the seal, parsed (`Some(None)`: sealed but unreadable, kept).
+pub fn parse_sealed<T: serde::de::DeserializeOwned>(
+    kind: Kind,
+    name: &str,
+) -> impl FnOnce(&[u8]) -> Option<Option<T>> + '_ {
+    move |sealed| unseal(sealed).map(|json| parse(json, kind, name))
 }
 
 /// `json` (of the record `kind/name`, already verified) parsed; what does

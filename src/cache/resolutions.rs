@@ -6,13 +6,12 @@
 //! images (compression, systems, ...).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::media_type::ManifestFormat;
-use crate::storage::{Kind, Storage};
+use crate::storage::Kind;
 
 use super::Unwritten;
 
@@ -25,25 +24,20 @@ pub struct Resolution {
 }
 
 pub struct ResolutionStore {
-    storage: Arc<dyn Storage>,
     /// Writes that failed, kept in memory until the store takes them.
     unwritten: Unwritten,
 }
 
 impl ResolutionStore {
-    pub fn open(storage: Arc<dyn Storage>, unwritten: Unwritten) -> ResolutionStore {
-        ResolutionStore { storage, unwritten }
+    pub fn open(unwritten: Unwritten) -> ResolutionStore {
+        ResolutionStore { unwritten }
     }
 
     /// The resolution stored under `key` (or waiting in memory to be),
     /// checked against the checksum it was sealed with (one that fails is
     /// removed); one that does not parse is ignored (and logged).
     pub fn get(&self, key: &Digest) -> Option<Resolution> {
-        if let Some(pending) = self.unwritten.get(Kind::Resolutions, key.hex()) {
-            let json = super::unseal(&pending)?;
-            return super::parse(json, Kind::Resolutions, key.hex());
-        }
-        super::read_sealed(self.storage.as_ref(), Kind::Resolutions, key.hex())
+        self.unwritten.read_sealed(Kind::Resolutions, key.hex())
     }
 
     /// Stores `resolution` under `key`; one the store does not take waits
@@ -61,8 +55,8 @@ mod tests {
     use std::path::Path;
 
     fn open(state: &Path) -> ResolutionStore {
-        let storage: Arc<dyn Storage> = Arc::new(crate::storage::FsStorage::open(state).unwrap());
-        ResolutionStore::open(storage.clone(), Unwritten::new(storage))
+        let storage = std::sync::Arc::new(crate::storage::FsStorage::open(state).unwrap());
+        ResolutionStore::open(Unwritten::new(storage))
     }
 
     /// A fresh store in a scratch directory (removed when dropped), its state directory and a resolution to keep.

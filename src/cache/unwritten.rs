@@ -197,6 +197,21 @@ impl Unwritten {
         self.shared.lock().records.get(&(kind, name.to_string())).map(|(_, bytes)| bytes.clone())
     }
 
+    /// What `verify` gives of the record `kind/name`: the value waiting to
+    /// be written if there is one (this process's latest), else the store's
+    /// ([`super::read_checked`]: what fails `verify` there is removed).
+    pub fn read_checked<T>(&self, kind: Kind, name: &str, verify: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+        match self.get(kind, name) {
+            Some(pending) => verify(&pending),
+            None => super::read_checked(self.shared.storage.as_ref(), kind, name, verify),
+        }
+    }
+
+    /// The sealed record `kind/name`, parsed, as [`super::read_sealed`] reads it, the value waiting to be written first.
+    pub fn read_sealed<T: serde::de::DeserializeOwned>(&self, kind: Kind, name: &str) -> Option<T> {
+        self.read_checked(kind, name, super::parse_sealed(kind, name))?
+    }
+
     /// How many records wait to be written.
     pub fn len(&self) -> usize {
         self.shared.lock().records.len()

@@ -212,8 +212,8 @@ impl Service {
         // One backlog of records the store did not take, for all three.
         let unwritten = Unwritten::new(storage.clone());
         let meta = MetadataStore::open(storage.clone(), unwritten.clone())?;
-        let resolutions = ResolutionStore::open(storage.clone(), unwritten.clone());
-        let names = ImageNames::open(storage.clone(), unwritten);
+        let resolutions = ResolutionStore::open(unwritten.clone());
+        let names = ImageNames::open(unwritten);
         Ok(Arc::new_cyclic(|me| Service {
             me: me.clone(),
             storage,

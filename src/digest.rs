@@ -1,11 +1,17 @@
 //! Content digests: the `Digest` newtype, validated where it enters, and a
 //! writer that hashes and counts what passes through it.
+//!
+//! SHA-256 is ring's, the one rustls uses for TLS: it takes the CPU's SHA
+//! instructions where there are some, on x86_64 (SHA-NI) and on aarch64
+//! (the ARMv8 crypto extensions). A layer's digests are hashed on one
+//! thread, byte after byte, so on a board a software SHA-256 would bound
+//! how fast any layer can be made, however many cores compress it.
 
 use std::fmt;
 use std::io::{self, Write};
 use std::str::FromStr;
 
-use sha2::{Digest as _, Sha256};
+use ring::digest::{Context, SHA256};
 
 /// A `sha256:<64 lowercase hex>` digest, the only algorithm flakeforge produces.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,7 +33,9 @@ pub enum DigestError {
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
-        Self::from_hash(Sha256::digest(bytes).into())
+        let mut hasher = Sha256::new();
+        hasher.update(bytes);
+        Self::from_hash(hasher.finish())
     }
 
     pub fn from_hash(hash: [u8; 32]) -> Self {
@@ -125,6 +133,30 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// SHA-256 of what is given to it, in pieces.
+#[derive(Clone)]
+pub struct Sha256(Context);
+
+impl Sha256 {
+    pub fn new() -> Self {
+        Sha256(Context::new(&SHA256))
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        self.0.finish().as_ref().try_into().expect("SHA-256 gives 32 bytes")
+    }
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Passes writes through to `inner` while hashing and counting them.
 pub struct HashingWriter<W> {
     inner: W,
@@ -147,7 +179,7 @@ impl<W: Write> HashingWriter<W> {
 
     /// The digest and size of everything written, and the inner writer.
     pub fn finish(self) -> (Digest, u64, W) {
-        (Digest::from_hash(self.hasher.finalize().into()), self.written, self.inner)
+        (Digest::from_hash(self.hasher.finish()), self.written, self.inner)
     }
 }
 
@@ -173,6 +205,23 @@ mod tests {
         let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap();
         assert_eq!(d, Digest::of(b""));
         assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn hashes_in_pieces_as_in_one() {
+        // FIPS 180-2's vectors: "abc", and a million "a"s given in uneven pieces.
+        assert_eq!(Digest::of(b"abc").hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        let mut writer = HashingWriter::new(io::sink());
+        for piece in [1, 63, 64, 65, 4095, 100_000].iter().cycle().scan(0usize, |sum, &n| {
+            let n = n.min(1_000_000 - *sum);
+            *sum += n;
+            (n > 0).then_some(n)
+        }) {
+            writer.write_all(&vec![b'a'; piece]).unwrap();
+        }
+        let (digest, len, _) = writer.finish();
+        assert_eq!(len, 1_000_000);
+        assert_eq!(digest.hex(), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use lru::LruCache;
-use sha2::{Digest as _, Sha256};
 
 /// Successful checks remembered.
 const VERIFIED_KEPT: usize = 1024;
@@ -108,12 +107,12 @@ impl Users {
 /// What a successful check is remembered by: it cannot be had without the
 /// password, and it changes with the entry.
 fn verified_key(user: &str, password: &str, hash: &str) -> [u8; 32] {
-    let mut sha = Sha256::new();
+    let mut sha = crate::digest::Sha256::new();
     for part in [user, password, hash] {
-        sha.update((part.len() as u64).to_le_bytes());
+        sha.update(&(part.len() as u64).to_le_bytes());
         sha.update(part.as_bytes());
     }
-    sha.finalize().into()
+    sha.finish()
 }
 
 /// Ok for a bcrypt hash; else what kind of entry it is.

@@ -33,9 +33,7 @@ pub enum DigestError {
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
-        let mut hasher = Sha256::new();
-        hasher.update(bytes);
-        Self::from_hash(hasher.finish())
+        Self::from_hash(Sha256::digest(bytes))
     }
 
     pub fn from_hash(hash: [u8; 32]) -> Self {
@@ -134,10 +132,16 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// SHA-256 of what is given to it, in pieces.
-#[derive(Clone)]
 pub struct Sha256(Context);
 
 impl Sha256 {
+    /// The SHA-256 of `bytes`, given whole.
+    pub fn digest(bytes: &[u8]) -> [u8; 32] {
+        let mut sha = Sha256::new();
+        sha.update(bytes);
+        sha.finish()
+    }
+
     pub fn new() -> Self {
         Sha256(Context::new(&SHA256))
     }

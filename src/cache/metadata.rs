@@ -101,16 +101,14 @@ impl MetadataStore {
     /// passed its seal). What it refuses is logged and removed; kept in
     /// memory, it was never stored.
     fn get(&self, kind: Kind, name: &str, verify: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
-        if let Some(bytes) = self.unwritten.get(kind, name) {
-            return verify(&bytes);
-        }
         let key = (kind, name.to_string());
-        // Named by their digest, these never change: what was verified stays so.
+        // Named by their digest, these never change: what was verified stays
+        // so, whether it was read from the store or still waits to be written.
         let recent = self.recent.as_ref().filter(|_| matches!(kind, Kind::Manifests | Kind::Configs | Kind::Layers));
         if let Some(verified) = recent.and_then(|recent| recent.lock().unwrap().get(&key).cloned()) {
             return Some(verified);
         }
-        let verified = super::read_checked(self.storage.as_ref(), kind, name, verify)?;
+        let verified = self.unwritten.read_checked(kind, name, verify)?;
         if let Some(recent) = recent {
             recent.lock().unwrap().put(key, verified.clone());
         }

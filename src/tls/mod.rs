@@ -140,8 +140,6 @@ fn provider() -> Arc<CryptoProvider> {
 /// The SHA-256 fingerprint of a DER certificate as `AB:CD:...`, the way
 /// browsers and `openssl x509 -fingerprint` show it.
 fn fingerprint(der: &[u8]) -> String {
-    let mut sha = crate::digest::Sha256::new();
-    sha.update(der);
-    let hash = sha.finish();
+    let hash = crate::digest::Sha256::digest(der);
     hash.iter().map(|byte| format!("{byte:02X}")).collect::<Vec<_>>().join(":")
 }

@@ -119,19 +119,6 @@ impl Pool {
         self.shared.state.lock().unwrap().jobs.push_back(Box::new(job));
         self.shared.job_queued.notify_one();
     }
-
-    /// Runs one queued job on the calling thread; false when none is queued.
-    /// A generator waiting for its own block helps rather than idles.
-    pub fn run_queued(&self) -> bool {
-        let job = self.shared.state.lock().unwrap().jobs.pop_front();
-        match job {
-            Some(job) => {
-                job();
-                true
-            }
-            None => false,
-        }
-    }
 }
 
 impl Shared {

@@ -5,6 +5,8 @@
 # Side by side, interleaved (flakeforge, reference, flakeforge, ...) so both
 # see the same load, each the median of RUNS runs from a fresh state:
 #   none vs `tar --sort=name | openssl dgst -sha256` (from the same files)
+#   none+file: none again, vs the same work done by the tools: tar from the
+#   files, written to a file (flakeforge stores the blob) and hashed
 #   gzip vs `pigz -6 -p CORES`, zstd vs `zstd -3 -T CORES` (over the same
 #   bytes as one tarball, read from the page cache, written to a file)
 #   zstd+sha: zstd again, vs the same work done by the tools: tar from the
@@ -13,7 +15,7 @@
 # its per-layer times (the manifest waits for the slowest layer).
 # Usage: bench/closure.sh [small|large (default)] [RUNS (default 3)] [LEVEL...]
 #   LEVEL: more --compression values to time once each, e.g. gzip:1 zstd:19
-#   MODES="none gzip zstd zstd+sha" (the default) picks the comparisons.
+#   MODES="none none+file gzip zstd zstd+sha" (the default) picks the comparisons.
 # Needs what scripts/install-deps.sh installs. Everything listens on 127.0.0.1.
 set -euo pipefail
 # A failed run inside $(...) must stop the benchmark, not leave a stale figure.
@@ -21,7 +23,7 @@ shopt -s inherit_errexit
 SIZE=${1:-large}
 RUNS=${2:-3}
 LEVELS=("${@:3}")
-read -r -a MODES <<<"${MODES:-none gzip zstd zstd+sha}"
+read -r -a MODES <<<"${MODES:-none none+file gzip zstd zstd+sha}"
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$root/bench/lib.sh"
@@ -100,6 +102,8 @@ ref_run() { # output-file command...
 # The references run in `bash -c` under /usr/bin/time: functions and values are exported.
 # tar reads the store paths itself, from the same files flakeforge reads.
 tar_sha256() { tar --sort=name --hard-dereference -cf - -C / $rel_list | openssl dgst -sha256 >/dev/null; }
+# What a registry does for an uncompressed layer, done by the tools: tar, store the tarball, hash it.
+tar_file_sha256() { tar --sort=name --hard-dereference -cf - -C / $rel_list | tee "$work/ref.out" | openssl dgst -sha256 >/dev/null; }
 pigz_ref() { pigz -6 -p "$cores" <"$tarball" >"$work/ref.out"; }
 zstd_ref() { zstd -q -3 -T"$cores" <"$tarball" >"$work/ref.out"; }
 # What a registry does for a zstd layer, done by the tools: tar, hash the tarball, compress, hash the blob.
@@ -111,7 +115,7 @@ zstd_sha_ref() {
     zstd -q -3 -T"$cores" | tee "$work/ref.out" | openssl dgst -sha256 >/dev/null
   wait
 }
-export -f tar_sha256 pigz_ref zstd_ref zstd_sha_ref
+export -f tar_sha256 tar_file_sha256 pigz_ref zstd_ref zstd_sha_ref
 export tarball work cores
 export rel_list="${rel[*]}"
 
@@ -134,8 +138,8 @@ compare() { # label compression reference-function
   ref_time[$1]=$(median "${refs[@]}"); ref_cpu[$1]=$(median "${ref_cpus[@]}"); ref_rss[$1]=$(median "${ref_rsss[@]}")
   ref_size[$1]=$(median "${ref_sizes[@]}")
 }
-declare -A reference=([none]=tar_sha256 [gzip]=pigz_ref [zstd]=zstd_ref [zstd+sha]=zstd_sha_ref)
-declare -A compression=([none]=none [gzip]=gzip [zstd]=zstd [zstd+sha]=zstd)
+declare -A reference=([none]=tar_sha256 [none+file]=tar_file_sha256 [gzip]=pigz_ref [zstd]=zstd_ref [zstd+sha]=zstd_sha_ref)
+declare -A compression=([none]=none [none+file]=none [gzip]=gzip [zstd]=zstd [zstd+sha]=zstd)
 # One untimed round first, so that no measured run pays for writing the
 # corpus and the tarball just before it.
 ff_run none >/dev/null
@@ -151,9 +155,9 @@ ff_bytes=${ff_size[none]:-$bytes}
 row() { # label reference-name
   [ -n "${ff_gen[$1]:-}" ] || return 0
   local shown="\`--compression ${compression[$1]}\`"
-  [ "$1" != zstd+sha ] || shown="$shown (again)"
+  [[ "$1" != *+* ]] || shown="$shown (again)"
   local ratio_ff="" ratio_ref=""
-  if [ "$1" != none ]; then
+  if [ "${compression[$1]}" != none ]; then
     ratio_ff=$(awk -v b="$ff_bytes" -v s="${ff_size[$1]}" 'BEGIN { printf ", ratio %.2f", b / s }')
     ratio_ref=$(awk -v b="$bytes" -v s="${ref_size[$1]}" 'BEGIN { printf ", ratio %.2f", b / s }')
   fi
@@ -165,6 +169,7 @@ row() { # label reference-name
     "$(awk -v f="${ff_cpu[$1]}" -v r="${ref_cpu[$1]}" 'BEGIN { print r / f }')"
 }
 row none '`tar --sort=name | openssl dgst -sha256`'
+row none+file 'the same work: `tar | tee FILE | openssl dgst -sha256`'
 row gzip "\`pigz -6 -p $cores\`"
 row zstd "\`zstd -3 -T$cores\`"
 row zstd+sha "the same work: \`tar | tee (openssl dgst -sha256) | zstd -3 -T$cores | openssl dgst -sha256\`"

@@ -101,9 +101,10 @@ ref_run() { # output-file command...
 }
 # The references run in `bash -c` under /usr/bin/time: functions and values are exported.
 # tar reads the store paths itself, from the same files flakeforge reads.
-tar_sha256() { tar --sort=name --hard-dereference -cf - -C / $rel_list | openssl dgst -sha256 >/dev/null; }
+tar_closure() { tar --sort=name --hard-dereference -cf - -C / $rel_list; }
+tar_sha256() { tar_closure | openssl dgst -sha256 >/dev/null; }
 # What a registry does for an uncompressed layer, done by the tools: tar, store the tarball, hash it.
-tar_file_sha256() { tar --sort=name --hard-dereference -cf - -C / $rel_list | tee "$work/ref.out" | openssl dgst -sha256 >/dev/null; }
+tar_file_sha256() { tar_closure | tee "$work/ref.out" | openssl dgst -sha256 >/dev/null; }
 pigz_ref() { pigz -6 -p "$cores" <"$tarball" >"$work/ref.out"; }
 zstd_ref() { zstd -q -3 -T"$cores" <"$tarball" >"$work/ref.out"; }
 # What a registry does for a zstd layer, done by the tools: tar, hash the tarball, compress, hash the blob.
@@ -111,11 +112,11 @@ zstd_ref() { zstd -q -3 -T"$cores" <"$tarball" >"$work/ref.out"; }
 zstd_sha_ref() {
   rm -f "$work/tar.fifo" && mkfifo "$work/tar.fifo"
   openssl dgst -sha256 <"$work/tar.fifo" >/dev/null &
-  tar --sort=name --hard-dereference -cf - -C / $rel_list | tee "$work/tar.fifo" |
+  tar_closure | tee "$work/tar.fifo" |
     zstd -q -3 -T"$cores" | tee "$work/ref.out" | openssl dgst -sha256 >/dev/null
   wait
 }
-export -f tar_sha256 tar_file_sha256 pigz_ref zstd_ref zstd_sha_ref
+export -f tar_closure tar_sha256 tar_file_sha256 pigz_ref zstd_ref zstd_sha_ref
 export tarball work cores
 export rel_list="${rel[*]}"
 
